@@ -1,0 +1,3 @@
+from ultragen.cli import main
+
+main()

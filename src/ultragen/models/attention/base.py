@@ -1,0 +1,109 @@
+"""The attention seam: token grid, per-call context, strategy base class and the kernel function."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ultragen.models.rope import Rotary, RotaryTables
+
+if TYPE_CHECKING:
+    from ultragen.models.blocks import SelfAttention
+
+# "sdpa" lets PyTorch pick (flash / efficient / cuDNN on GPU, math on CPU); the others force one kernel.
+BACKENDS: dict[str, list[SDPBackend] | None] = {
+    "sdpa": None,
+    "math": [SDPBackend.MATH],
+    "flash": [SDPBackend.FLASH_ATTENTION],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION],
+}
+
+
+def check_backend(backend: str) -> str:
+    """Return backend if known, else raise naming the valid choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    return backend
+
+
+@dataclass(frozen=True)
+class VideoGrid:
+    """Token grid after patchify; N = t * h * w."""
+
+    t: int
+    h: int
+    w: int
+
+    @property
+    def numel(self) -> int:
+        return self.t * self.h * self.w
+
+    def __iter__(self):
+        return iter((self.t, self.h, self.w))
+
+    def __str__(self) -> str:
+        return f"{self.t}x{self.h}x{self.w}"
+
+    @classmethod
+    def parse(cls, text: str) -> "VideoGrid":
+        """Parse 'TxHxW', e.g. '21x68x120'."""
+        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+        if not m:
+            raise ValueError(f"grid {text!r} is not of the form TxHxW, e.g. 21x68x120")
+        return cls(*(int(g) for g in m.groups()))
+
+
+@dataclass
+class AttentionContext:
+    """What every strategy may read during one forward pass."""
+
+    grid: VideoGrid
+    rope: RotaryTables  # global 3D tables; strategies slice or re-index them
+    timestep_freq: Tensor  # (B, freq_dim) sinusoidal timestep features, for gates
+
+    def grid_rope(self, device: torch.device) -> Rotary:
+        """Rotary tables of the full token grid, (N, head_dim / 2)."""
+        return self.rope.for_grid(*self.grid, device=device)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", scale: float | None = None) -> Tensor:
+    """Scaled dot-product attention. q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H * D)."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+    kernels = BACKENDS[check_backend(backend)]
+    if kernels is None:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    else:
+        with sdpa_kernel(kernels):
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out.transpose(1, 2).flatten(2)
+
+
+class AttentionStrategy(nn.Module):
+    """How one self-attention layer mixes tokens; may own weights (kept under `self_attn.strategy.*`).
+
+    `dim`, `num_heads` and `layer_idx` are supplied by the network; every other init argument comes from YAML.
+    """
+
+    def __init__(self, dim: int, num_heads: int, layer_idx: int, backend: str = "sdpa"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.layer_idx = layer_idx
+        self.backend = check_backend(backend)
+
+    def forward(self, attn: "SelfAttention", x: Tensor, ctx: AttentionContext) -> Tensor:
+        """(B, N, C) -> (B, N, C), before attn.o. Uses attn's shared q/k/v/norms; may add its own deltas."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer_idx}, backend={self.backend}"

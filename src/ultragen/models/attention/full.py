@@ -1,0 +1,17 @@
+"""Full 3D self-attention over all tokens: the reference every other strategy is tested against."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ultragen.models.attention.base import AttentionContext, AttentionStrategy, attention
+from ultragen.models.rope import apply_rope
+
+
+class FullAttention(AttentionStrategy):
+    """Wan2.1 self-attention: global 3D RoPE, one attention over all N tokens."""
+
+    def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
+        q, k, v = attn.qkv(x)  # (B, N, H, D) each
+        rope = ctx.grid_rope(x.device)
+        return attention(apply_rope(q, rope), apply_rope(k, rope), v, backend=self.backend)

@@ -1,0 +1,160 @@
+"""WanDiT: the Wan2.1 text-to-video diffusion transformer with a pluggable self-attention strategy.
+
+Parameter names are Wan2.1's own, so an official checkpoint loads without a conversion table.
+Widths come from `configs/model/*.yaml`; nothing here knows a preset's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from ultragen.models.attention import AttentionContext, AttentionStrategy, FullAttention, VideoGrid
+from ultragen.models.blocks import DiTBlock
+from ultragen.models.rope import RotaryTables
+
+StrategyFactory = Callable[[int, int, int], AttentionStrategy]
+
+
+#################################################################################
+#                        Timestep embedding and output head                     #
+#################################################################################
+
+
+def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
+    """Wan's sin_dim(t) = [cos(t·ω_j), sin(t·ω_j)], ω_j = 10000^(-j/(dim/2)), in float64. (B,) -> (B, dim)."""
+    half = dim // 2
+    t = t.to(torch.float64)
+    angles = torch.outer(t, torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=t.device) / half))
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class Head(nn.Module):
+    """Final AdaLN-modulated LayerNorm and linear projection to patch pixels."""
+
+    def __init__(self, dim: int, out_dim: int, patch_size: Sequence[int], eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, out_dim * math.prod(patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
+        """x (B, N, C), t_emb (B, C) -> (B, N, p_t·p_h·p_w·out_dim)."""
+        shift, scale = (self.modulation.float() + t_emb.float().unsqueeze(1)).chunk(2, dim=1)
+        return self.head((self.norm(x).float() * (1 + scale) + shift).to(x.dtype))
+
+
+#################################################################################
+#                                   WanDiT                                      #
+#################################################################################
+
+
+class WanDiT(nn.Module):
+    """Wan2.1 T2V DiT. (B, in_dim, F, H, W) latents, (B,) timesteps in [0, 1000], (B, L, text_dim) text -> velocity.
+
+    `in_dim` and `text_dim` come first because they follow the codec and the text encoder
+    (the LightningModule supplies them); `attention` builds the strategy of every layer not in
+    `full_attention_layers`, which keep `FullAttention`.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        text_dim: int,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        num_layers: int,
+        out_dim: int | None = None,
+        freq_dim: int = 256,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        eps: float = 1e-6,
+        cross_attn_norm: bool = True,
+        rope_theta: float = 10000.0,
+        attention: StrategyFactory = FullAttention,
+        full_attention_layers: list[int] | None = None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        full = sorted(set(full_attention_layers or []))
+        bad = [i for i in full if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"full_attention_layers {bad} out of range for num_layers={num_layers}")
+        self.in_dim, self.text_dim, self.dim = in_dim, text_dim, dim
+        self.out_dim = out_dim or in_dim
+        self.freq_dim = freq_dim
+        self.num_heads = num_heads
+        self.patch_size = tuple(patch_size)
+        self.full_attention_layers = full
+
+        self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList(
+            DiTBlock(
+                dim,
+                ffn_dim,
+                num_heads,
+                (FullAttention if i in full else attention)(dim, num_heads, i),
+                eps=eps,
+                cross_attn_norm=cross_attn_norm,
+            )
+            for i in range(num_layers)
+        )
+        self.head = Head(dim, self.out_dim, self.patch_size, eps)
+        self.rope = RotaryTables(dim // num_heads, theta=rope_theta)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Wan2.1 initialisation; strategy modules keep their own initialisation."""
+        strategies = {id(m) for b in self.blocks for m in b.self_attn.strategy.modules()}
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and id(m) not in strategies:
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for m in (*self.text_embedding.modules(), *self.time_embedding.modules()):
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+
+    def token_grid(self, frames: int, height: int, width: int) -> VideoGrid:
+        """Token grid of a latent of size (frames, height, width); raises if not divisible by the patch."""
+        sizes = (frames, height, width)
+        if any(s % p for s, p in zip(sizes, self.patch_size)):
+            raise ValueError(
+                f"latent size {sizes} is not divisible by patch_size {self.patch_size}; "
+                "choose video sizes whose latent grid is a multiple of the patch"
+            )
+        return VideoGrid(*(s // p for s, p in zip(sizes, self.patch_size)))
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        """x (B, C, F, H, W), t (B,), context (B, L, text_dim) -> (B, out_dim, F, H, W)."""
+        if x.shape[1] != self.in_dim:
+            raise ValueError(f"latent has {x.shape[1]} channels but the DiT expects in_dim={self.in_dim}")
+        grid = self.token_grid(*x.shape[2:])
+        x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        freq = sinusoidal_embedding(self.freq_dim, t).float()  # (B, freq_dim)
+        t_emb = self.time_embedding(freq.to(x.dtype))  # (B, C)
+        t_mod = self.time_projection(t_emb).unflatten(1, (6, self.dim))  # (B, 6, C)
+        context = self.text_embedding(context)  # (B, L, C)
+        ctx = AttentionContext(grid=grid, rope=self.rope, timestep_freq=freq)
+        for block in self.blocks:
+            x = block(x, t_mod, context, ctx)
+        x = self.head(x, t_emb)  # (B, N, p·out_dim)
+        return self.unpatchify(x, grid)
+
+    def unpatchify(self, x: Tensor, grid: VideoGrid) -> Tensor:
+        """(B, N, p_t·p_h·p_w·C) -> (B, C, T·p_t, H·p_h, W·p_w)."""
+        pt, ph, pw = self.patch_size
+        return rearrange(
+            x, "b (f h w) (x y z c) -> b c (f x) (h y) (w z)", f=grid.t, h=grid.h, w=grid.w, x=pt, y=ph, z=pw
+        )
