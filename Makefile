@@ -1,0 +1,32 @@
+# `make demo`: venv + install + demo data + tiny CPU fit + sampled mp4 + TensorBoard logs.
+# `make test`: venv + install + the test suite (what .ci/run calls).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ULTRAGEN := $(VENV)/bin/ultragen
+export HF_HUB_OFFLINE := 1
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
+
+.PHONY: install test test-fast demo clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: install
+	$(ULTRAGEN) fit -c configs/demo.yaml
+	$(ULTRAGEN) predict -c configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt --data.init_args.prompts data/demo_prompts.txt
+	@echo "TensorBoard logs: runs/demo  (tensorboard --logdir runs)"
+	@echo "Sampled videos:   runs/demo/samples/*.mp4"
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,29 @@
+"""`ultragen` console script: LightningCLI for fit/validate/test/predict, plain subcommands for tools."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+# Plain (non-Lightning) subcommands: name -> "module:function(argv)".
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch to a plain subcommand or to LightningCLI."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("ultragen")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if argv and argv[0] in SUBCOMMANDS:
+        module, func = SUBCOMMANDS[argv[0]].split(":")
+        getattr(importlib.import_module(module), func)(argv[1:])
+        return
+    from ultragen.lit.cli import UltraGenCLI
+
+    UltraGenCLI(args=argv)

@@ -1,0 +1,211 @@
+"""VideoDiffusionModule: the training/sampling loop around a WanDiT, a frozen codec and a frozen text encoder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import grad_norm
+from torch import Tensor
+
+from ultragen.codecs.base import VideoCodec
+from ultragen.diffusion import EulerSampler, FlowMatching
+from ultragen.models.blocks import DiTBlock
+from ultragen.models.wan import WanDiT
+from ultragen.text.base import TextEncoder
+
+log = logging.getLogger(__name__)
+
+# The negative prompt of the UltraGen release (inference.py).
+RELEASE_NEGATIVE_PROMPT = (
+    "Aerial view, overexposed, low quality, deformation, bad composition, bad hands, bad teeth, bad eyes, "
+    "bad limbs, distortion, blurring, text, subtitles"
+)
+FROZEN_PREFIXES = ("codec.", "text_encoder.")
+
+
+@dataclass
+class SamplingConfig:
+    """Video size and sampler settings for validation samples and `predict` (paper: 30 steps, CFG 5)."""
+
+    frames: int = 81
+    height: int = 480
+    width: int = 832
+    fps: int = 16
+    steps: int = 30
+    guidance_scale: float = 5.0
+    shift: float = 5.0
+    negative_prompt: str = RELEASE_NEGATIVE_PROMPT
+
+
+class VideoDiffusionModule(L.LightningModule):
+    """Flow-matching fine-tuning of a WanDiT; `net` is built here with in_dim/text_dim from codec/text encoder."""
+
+    def __init__(
+        self,
+        net: Callable[[int, int], WanDiT],
+        codec: VideoCodec,
+        text_encoder: TextEncoder,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        flow_shift: float = 5.0,
+        loss_weighting: Literal["none", "diffsynth"] = "diffsynth",
+        text_dropout: float = 0.1,
+        trainable: Literal["all", "strategy", "lora"] = "all",
+        lora_rank: int = 64,
+        lora_alpha: float | None = None,
+        lora_targets: list[str] | None = None,
+        activation_checkpointing: bool = False,
+        sampling: SamplingConfig | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["codec", "text_encoder"])
+        self.codec = codec.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.net = net(codec.latent_channels, text_encoder.dim)
+        self.flow = FlowMatching(shift=flow_shift, loss_weighting=loss_weighting)
+        self.sampling = sampling or SamplingConfig()
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        if not 0.0 <= text_dropout < 1.0:
+            raise ValueError(f"text_dropout={text_dropout} must be in [0, 1)")
+        self.text_dropout = text_dropout
+        self._select_trainable(trainable, lora_rank, lora_alpha, lora_targets or ["q", "k", "v", "o", "ffn.0", "ffn.2"])
+        self._batch_start = 0.0
+
+    # ------------------------------------------------------------------ setup
+    def _select_trainable(self, trainable: str, rank: int, alpha: float | None, targets: list[str]) -> None:
+        """all: every DiT weight; strategy: only `*.strategy.*`; lora: peft LoRA adapters on `targets`."""
+        if trainable == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets)
+            self.net = inject_adapter_in_model(config, self.net)
+            for name, p in self.net.named_parameters():
+                p.requires_grad_("lora_" in name)
+        elif trainable == "strategy":
+            for name, p in self.net.named_parameters():
+                p.requires_grad_(".strategy." in name)
+        n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        if n_train == 0:
+            raise ValueError(f"trainable={trainable!r} leaves no trainable parameter in this network")
+        log.info("trainable=%s: %.2fM of %.2fM DiT parameters", trainable, n_train / 1e6,
+                 sum(p.numel() for p in self.net.parameters()) / 1e6)
+
+    def configure_model(self) -> None:
+        """Activation checkpointing per DiT block (kept out of the model code)."""
+        if self.hparams.activation_checkpointing and not getattr(self, "_checkpointed", False):
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+            apply_activation_checkpointing(self.net, check_fn=lambda m: isinstance(m, DiTBlock))
+            self._checkpointed = True
+
+    def configure_optimizers(self):
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "step"}}
+
+    # --------------------------------------------------------------- encoding
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        """(B, L, text_dim) zero-padded token states."""
+        return self.text_encoder(list(prompts)).to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict, dropout: bool) -> tuple[Tensor, Tensor]:
+        """Latents and text states of a batch, precomputed ones when present; captions dropped with p=text_dropout."""
+        latents = batch["latents"].float() if "latents" in batch else self.codec.encode(batch["video"]).float()
+        if "text" in batch:
+            text = batch["text"].float()
+            if dropout and self.text_dropout > 0:
+                keep = torch.rand(text.shape[0], device=text.device) >= self.text_dropout
+                text = text * keep[:, None, None]  # precomputed text: dropped captions become the null context
+        else:
+            captions = list(batch["caption"])
+            if dropout and self.text_dropout > 0:
+                drop = torch.rand(len(captions)) < self.text_dropout
+                captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            text = self.encode_text(captions)
+        return latents, text
+
+    # ------------------------------------------------------------------- loss
+    def diffusion_loss(self, latents: Tensor, text: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        sigma, t, weight = self.flow.sample(latents.shape[0], generator=generator)
+        noise = torch.randn(latents.shape, generator=generator).to(latents) if generator else torch.randn_like(latents)
+        x_t = self.flow.add_noise(latents, noise, sigma.to(latents.device))
+        pred = self.net(x_t, t.to(latents.device), text)
+        return self.flow.loss(pred, self.flow.target(latents, noise), weight.to(latents.device))
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        latents, text = self.encode_batch(batch, dropout=True)
+        loss = self.diffusion_loss(latents, text)
+        self._tokens = latents.shape[0] * self.net.token_grid(*latents.shape[2:]).numel
+        self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
+        if "skipped" in batch:
+            self.log("data/skipped", batch["skipped"].float().sum(), reduce_fx="sum", batch_size=latents.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        latents, text = self.encode_batch(batch, dropout=False)
+        generator = torch.Generator().manual_seed(batch_idx)  # same noise levels every validation
+        loss = self.diffusion_loss(latents, text, generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=latents.shape[0])
+        return loss
+
+    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
+        latents, text = self.encode_batch(batch, dropout=False)
+        loss = self.diffusion_loss(latents, text, torch.Generator().manual_seed(batch_idx))
+        self.log("test/loss", loss, sync_dist=True, batch_size=latents.shape[0])
+        return loss
+
+    # --------------------------------------------------------------- logging
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        elapsed = time.perf_counter() - self._batch_start
+        self.log("train/tokens_per_s", self._tokens / max(elapsed, 1e-9))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = grad_norm(self.net, norm_type=2)
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+
+    # -------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds: list[int], progress: bool = False) -> Tensor:
+        """Videos (B, 3, F, H, W) uint8 for prompts; noise drawn on the CPU in float32 from each seed (as Wan)."""
+        s = self.sampling
+        c, t, h, w = self.codec.latent_shape(s.frames, s.height, s.width)
+        noise = torch.stack([torch.randn(c, t, h, w, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds])
+        dtype = next(self.net.parameters()).dtype
+        context = self.encode_text(prompts).to(dtype)
+        negative = self.encode_text([s.negative_prompt] * len(prompts)).to(dtype) if s.guidance_scale != 1.0 else None
+        sampler = EulerSampler(steps=s.steps, shift=s.shift, guidance_scale=s.guidance_scale)
+        latents = sampler.sample(self.net, noise.to(self.device, dtype), context, negative, progress=progress)
+        video = self.codec.decode(latents.float())
+        return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        seeds = [int(s) for s in batch["seed"]]
+        return {"key": list(batch["key"]), "prompt": list(batch["prompt"]), "video": self.generate(batch["prompt"], seeds, progress=True)}
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Frozen codec and text encoder are rebuilt from config, not stored (umT5-XXL alone is 11 GB)."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.setdefault("state_dict", {})
+        for key, value in self.state_dict().items():
+            if key.startswith(FROZEN_PREFIXES):
+                state.setdefault(key, value)

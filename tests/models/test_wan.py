@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from ultragen.models.attention import AttentionStrategy, FullAttention, VideoGrid, attention
+from ultragen.models.rope import RotaryTables, apply_rope
+from ultragen.models.wan import WanDiT, sinusoidal_embedding
+
+TINY = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=16)
+
+
+def tiny_dit(**kw) -> WanDiT:
+    torch.manual_seed(0)
+    net = WanDiT(8, 12, **{**TINY, **kw})
+    for p in net.head.parameters():  # Wan zero-inits the head; make outputs informative for tests
+        torch.nn.init.normal_(p, std=0.1)
+    return net
+
+
+@pytest.mark.parametrize("frames,height,width", [(1, 2, 2), (3, 10, 14), (5, 6, 22), (2, 14, 4)])
+def test_forward_shapes_on_awkward_grids(frames, height, width):
+    net = tiny_dit()
+    x = torch.randn(2, 8, frames, height, width)
+    out = net(x, torch.tensor([0.0, 999.0]), torch.randn(2, 5, 12))
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+def test_deterministic_for_fixed_seed():
+    x, t, c = torch.randn(1, 8, 3, 6, 10), torch.tensor([500.0]), torch.randn(1, 4, 12)
+    a, b = tiny_dit()(x, t, c), tiny_dit()(x, t, c)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, tiny_dit()(x, t + 100, c))
+
+
+def test_bad_inputs_raise_named_errors():
+    net = tiny_dit()
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        net(torch.randn(1, 8, 3, 7, 10), torch.tensor([1.0]), torch.randn(1, 4, 12))
+    with pytest.raises(ValueError, match="expects in_dim=8"):
+        net(torch.randn(1, 4, 3, 6, 10), torch.tensor([1.0]), torch.randn(1, 4, 12))
+    with pytest.raises(ValueError, match=r"full_attention_layers \[5\] out of range"):
+        tiny_dit(full_attention_layers=[5])
+    with pytest.raises(ValueError, match="unknown attention backend 'triton'"):
+        FullAttention(32, 2, 0, backend="triton")
+
+
+def test_full_attention_layers_and_factory():
+    calls = []
+
+    class Recording(FullAttention):
+        def __init__(self, dim, num_heads, layer_idx):
+            calls.append(layer_idx)
+            super().__init__(dim, num_heads, layer_idx)
+
+    net = tiny_dit(num_layers=4, attention=Recording, full_attention_layers=[0, 3])
+    assert calls == [1, 2]
+    assert [type(b.self_attn.strategy) for b in net.blocks] == [FullAttention, Recording, Recording, FullAttention]
+    assert all(isinstance(b.self_attn.strategy, AttentionStrategy) for b in net.blocks)
+
+
+def test_rope_matches_wan_complex_reference():
+    """Wan2.1: freqs = polar(1, outer(pos, theta^(-2j/d))) per axis, concatenated, x viewed as complex pairs."""
+    head_dim, grid = 24, VideoGrid(3, 4, 5)
+    tables = RotaryTables(head_dim)
+    d = head_dim
+    dims = [d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)]
+    assert tables.axis_dims == tuple(dims)
+
+    def params(n, dim):
+        f = torch.outer(torch.arange(n), 1.0 / torch.pow(10000, torch.arange(0, dim, 2).to(torch.float64).div(dim)))
+        return torch.polar(torch.ones_like(f), f)
+
+    ft, fh, fw = params(1024, dims[0]), params(1024, dims[1]), params(1024, dims[2])
+    t, h, w = grid
+    freqs = torch.cat(
+        [ft[:t].view(t, 1, 1, -1).expand(t, h, w, -1), fh[:h].view(1, h, 1, -1).expand(t, h, w, -1),
+         fw[:w].view(1, 1, w, -1).expand(t, h, w, -1)], dim=-1).reshape(grid.numel, 1, -1)
+    x = torch.randn(2, grid.numel, 3, head_dim)
+    ref = torch.view_as_real(torch.view_as_complex(x.double().reshape(2, grid.numel, 3, -1, 2)) * freqs).flatten(3)
+    out = apply_rope(x, tables.for_grid(*grid))
+    torch.testing.assert_close(out, ref.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_sinusoidal_embedding_is_cos_first():
+    e = sinusoidal_embedding(8, torch.tensor([0.0, 3.0]))
+    assert torch.equal(e[0], torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0], dtype=torch.float64))
+    torch.testing.assert_close(e[1, 0], torch.tensor(3.0, dtype=torch.float64).cos())
+    torch.testing.assert_close(e[1, 5], (3.0 * torch.tensor(10000.0, dtype=torch.float64) ** -0.25).sin())
+
+
+def test_attention_kernel_matches_explicit_softmax():
+    q, k, v = (torch.randn(2, 7, 3, 4) for _ in range(3))
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+    ref = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).flatten(2)
+    torch.testing.assert_close(attention(q, k, v), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, backend="math"), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_video_grid_parse():
+    assert VideoGrid.parse("21x68x120") == VideoGrid(21, 68, 120)
+    assert VideoGrid(21, 68, 120).numel == 171360
+    with pytest.raises(ValueError, match="TxHxW"):
+        VideoGrid.parse("21x68")
