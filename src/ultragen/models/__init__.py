@@ -1,0 +1,1 @@
+"""Wan2.1 DiT, its blocks, rotary embeddings, LoRA deltas and attention strategies."""
