@@ -34,8 +34,12 @@ def test_fit_then_predict_writes_playable_mp4(tmp_path):
     state = torch.load(ckpts[0], map_location="cpu", weights_only=True)["state_dict"]
     assert state and not any(k.startswith(("text_encoder.", "codec.")) for k in state)
     assert any(k.startswith("net.blocks.0.self_attn.q") for k in state)
-    events = list(tmp_path.rglob("events.out.tfevents.*"))
-    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*"))))
+    events.Reload()
+    assert {"train/loss", "val/loss", "train/grad_norm", "train/tokens_per_s"} <= set(events.Tags()["scalars"])
+    assert "samples" in events.Tags()["images"]  # sample video (animated GIF summary)
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large red circle moving left to right on a black background\n\na green square\n")
