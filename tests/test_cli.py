@@ -28,6 +28,7 @@ def test_fit_fast_dev_run(tmp_path):
 
 def test_fit_then_predict_writes_playable_mp4(tmp_path):
     run("fit", "-c", TINY, "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+        "--trainer.log_every_n_steps=1",
         f"--trainer.logger.init_args.save_dir={tmp_path}")
     ckpts = sorted(tmp_path.rglob("*.ckpt"))
     assert ckpts, "fit wrote no checkpoint"
