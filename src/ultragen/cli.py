@@ -8,7 +8,9 @@ import os
 import sys
 
 # Plain (non-Lightning) subcommands: name -> "module:function(argv)".
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "export": "ultragen.lit.export:main",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,51 @@
+"""`ultragen export`: a Lightning or DeepSpeed ZeRO checkpoint -> one safetensors file of DiT weights (Wan names)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+
+def training_state_dict(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """Module state dict of a Lightning `.ckpt` file (weights only) or a DeepSpeed checkpoint directory (fp32)."""
+    ckpt = Path(ckpt)
+    if ckpt.is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        if not (ckpt / "latest").is_file():
+            raise FileNotFoundError(f"{ckpt} is a directory but not a DeepSpeed checkpoint (no 'latest' file)")
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} not found")
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def export_dit(ckpt: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the `net.*` weights of `ckpt` (prefix stripped) to `out` atomically; returns `out`."""
+    state = {k.removeprefix("net."): v for k, v in training_state_dict(ckpt).items() if k.startswith("net.")}
+    if not state:
+        raise ValueError(f"{ckpt} holds no 'net.*' weights: is it a VideoDiffusionModule checkpoint?")
+    state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    save_file(state, str(tmp), metadata={"format": "pt", "source": str(ckpt)})
+    os.replace(tmp, out)
+    log.info("exported %d tensors (%.1fM parameters) to %s", len(state), sum(v.numel() for v in state.values()) / 1e6, out)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="ultragen export", description=__doc__)
+    parser.add_argument("ckpt", help="Lightning .ckpt file or DeepSpeed checkpoint directory (e.g. runs/.../last.ckpt)")
+    parser.add_argument("--out", required=True, help="output .safetensors path")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="cast floating weights")
+    args = parser.parse_args(argv)
+    export_dit(args.ckpt, args.out, getattr(torch, args.dtype) if args.dtype else None)
