@@ -45,13 +45,20 @@ class SamplingConfig:
 
 
 class VideoDiffusionModule(L.LightningModule):
-    """Flow-matching fine-tuning of a WanDiT; `net` is built here with in_dim/text_dim from codec/text encoder."""
+    """Flow-matching fine-tuning of a WanDiT; `net` is built here with in_dim/text_dim from codec/text encoder.
+
+    `net_weights` initialises the DiT from a Wan2.1 / diffusers / UltraGen-release / Lightning file before training
+    (`net_weights_strict: false` accepts a partial load, reported in the log).
+    """
 
     def __init__(
         self,
         net: Callable[[int, int], WanDiT],
         codec: VideoCodec,
         text_encoder: TextEncoder,
+        net_weights: str | None = None,
+        net_weights_format: Literal["auto", "wan2.1", "diffusers", "ultragen_release", "lightning"] = "auto",
+        net_weights_strict: bool = True,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         flow_shift: float = 5.0,
@@ -69,6 +76,10 @@ class VideoDiffusionModule(L.LightningModule):
         self.codec = codec.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.net = net(codec.latent_channels, text_encoder.dim)
+        if net_weights is not None:
+            from ultragen.checkpoints import load_dit_weights
+
+            load_dit_weights(self.net, net_weights, format=net_weights_format, strict=net_weights_strict)
         self.flow = FlowMatching(shift=flow_shift, loss_weighting=loss_weighting)
         self.sampling = sampling or SamplingConfig()
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
