@@ -23,11 +23,14 @@ class ParseOnlyCLI(UltraGenCLI):
 
 
 STANDALONE = {TINY, CONFIGS / "demo.yaml"}
+WAN_1_3B = CONFIGS / "model" / "wan2.1_t2v_1.3b.yaml"
 
 
 def stack(path: Path) -> list[Path]:
-    """Partial files (base, model/, experiments/, data/, trainer/) are stacked on the tiny debug run."""
-    return [path] if path in STANDALONE else [TINY, path]
+    """Partial files are stacked on the tiny debug run; experiments also on the 1.3B preset they are written for."""
+    if path in STANDALONE:
+        return [path]
+    return [TINY, WAN_1_3B, path] if path.parent.name == "experiments" else [TINY, path]
 
 
 def build_net(net_config) -> WanDiT:

@@ -2,5 +2,6 @@
 
 from ultragen.codecs.base import VideoCodec
 from ultragen.codecs.pixel import PixelCodec
+from ultragen.codecs.wan_vae import WanVAE
 
-__all__ = ["PixelCodec", "VideoCodec"]
+__all__ = ["PixelCodec", "VideoCodec", "WanVAE"]
