@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import lightning as L
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 
 def read_prompts(prompts: str | list[str]) -> list[str]:
@@ -40,3 +41,14 @@ class PromptDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"prompt": self.prompts[i], "key": prompt_key(i, self.prompts[i]), "seed": torch.tensor(self.seed + i)}
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Predict-only data: `ultragen predict ... --data.init_args.prompts prompts.txt`."""
+
+    def __init__(self, prompts: str | list[str], seed: int = 0, batch_size: int = 1):
+        super().__init__()
+        self.prompts, self.seed, self.batch_size = prompts, seed, batch_size
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(PromptDataset(self.prompts, self.seed), batch_size=self.batch_size)

@@ -72,7 +72,8 @@ class VideoDiffusionModule(L.LightningModule):
         sampling: SamplingConfig | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["codec", "text_encoder"])
+        # net_weights only initialises a fresh run; a checkpoint restores the DiT without re-reading that file
+        self.save_hyperparameters(ignore=["codec", "text_encoder", "net_weights"])
         self.codec = codec.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.net = net(codec.latent_channels, text_encoder.dim)
