@@ -10,6 +10,7 @@ import sys
 # Plain (non-Lightning) subcommands: name -> "module:function(argv)".
 SUBCOMMANDS: dict[str, str] = {
     "export": "ultragen.lit.export:main",
+    "data": "ultragen.data.cli:main",
 }
 
 
