@@ -23,6 +23,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
+	$(ULTRAGEN) data demo
 	$(ULTRAGEN) fit -c configs/demo.yaml
 	$(ULTRAGEN) predict -c configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt --data.init_args.prompts data/demo_prompts.txt
 	@echo "TensorBoard logs: runs/demo  (tensorboard --logdir runs)"
