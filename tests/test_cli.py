@@ -58,3 +58,17 @@ def test_fit_then_predict_writes_playable_mp4(tmp_path):
 
 def test_test_subcommand_reports_loss(tmp_path):
     run("test", "-c", TINY, "--trainer.limit_test_batches=1", f"--trainer.logger.init_args.save_dir={tmp_path}")
+
+
+def test_data_token_budget_must_match_codec():
+    from types import SimpleNamespace
+
+    from ultragen.data.buckets import TokenBudget
+    from ultragen.lit.cli import UltraGenCLI
+
+    module = UltraGenCLI(args=["-c", TINY], run=False).model  # PixelCodec(4, 4), patch (1, 2, 2)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(budget=TokenBudget(1000, 4, 4, (1, 2, 2))))
+    module.setup("fit")
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(budget=TokenBudget(1000, 4, 8, (1, 2, 2))))
+    with pytest.raises(ValueError, match=r"set data.init_args.temporal_factor/spatial_factor/patch to match"):
+        module.setup("fit")

@@ -109,6 +109,19 @@ class VideoDiffusionModule(L.LightningModule):
         log.info("trainable=%s: %.2fM of %.2fM DiT parameters", trainable, n_train / 1e6,
                  sum(p.numel() for p in self.net.parameters()) / 1e6)
 
+    def setup(self, stage: str) -> None:
+        """Token budgets of the data must count tokens the way this codec and DiT make them."""
+        budget = getattr(self.trainer.datamodule, "budget", None) if self._trainer is not None else None
+        if budget is None:
+            return
+        ours = (self.codec.temporal_factor, self.codec.spatial_factor, self.net.patch_size)
+        theirs = (budget.temporal_factor, budget.spatial_factor, tuple(budget.patch))
+        if ours != theirs:
+            raise ValueError(
+                f"data token budget assumes (temporal_factor, spatial_factor, patch) = {theirs} but the codec and DiT "
+                f"give {ours}; set data.init_args.temporal_factor/spatial_factor/patch to match"
+            )
+
     def configure_model(self) -> None:
         """Activation checkpointing per DiT block (kept out of the model code)."""
         if self.hparams.activation_checkpointing and not getattr(self, "_checkpointed", False):
