@@ -57,7 +57,7 @@ def test_export_lightning_checkpoint_to_safetensors(tmp_path):
     assert set(weights) == {k.removeprefix("net.") for k in state if k.startswith("net.")}
     assert "blocks.1.self_attn.norm_q.weight" in weights and "patch_embedding.weight" in weights
     torch.testing.assert_close(weights["head.head.weight"], state["net.head.head.weight"])
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         export_dit(tmp_path / "missing.ckpt", tmp_path / "x.safetensors")
 
 

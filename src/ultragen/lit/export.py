@@ -10,26 +10,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ultragen.checkpoints import convert_lightning, read_state_dict
+
 log = logging.getLogger(__name__)
 
 
-def training_state_dict(ckpt: str | Path) -> dict[str, torch.Tensor]:
-    """Module state dict of a Lightning `.ckpt` file (weights only) or a DeepSpeed checkpoint directory (fp32)."""
+def export_dit(ckpt: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the DiT weights of a Lightning `.ckpt` or a DeepSpeed checkpoint directory to `out` atomically."""
     ckpt = Path(ckpt)
     if ckpt.is_dir():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         if not (ckpt / "latest").is_file():
             raise FileNotFoundError(f"{ckpt} is a directory but not a DeepSpeed checkpoint (no 'latest' file)")
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} not found")
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def export_dit(ckpt: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write the `net.*` weights of `ckpt` (prefix stripped) to `out` atomically; returns `out`."""
-    state = {k.removeprefix("net."): v for k, v in training_state_dict(ckpt).items() if k.startswith("net.")}
+        state = convert_lightning({"state_dict": get_fp32_state_dict_from_zero_checkpoint(str(ckpt))})
+    else:
+        state = convert_lightning(read_state_dict(ckpt))
     if not state:
         raise ValueError(f"{ckpt} holds no 'net.*' weights: is it a VideoDiffusionModule checkpoint?")
     state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
