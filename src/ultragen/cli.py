@@ -11,6 +11,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "export": "ultragen.lit.export:main",
     "data": "ultragen.data.cli:main",
+    "cost": "ultragen.models.attention.cost:main",
 }
 
 

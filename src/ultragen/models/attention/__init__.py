@@ -8,5 +8,23 @@ from ultragen.models.attention.base import (
     attention,
 )
 from ultragen.models.attention.full import FullAttention
+from ultragen.models.attention.global_compressed import GlobalCompressedAttention
+from ultragen.models.attention.global_local import UltraGenAttention
+from ultragen.models.attention.hierarchical import HierarchicalAttention
+from ultragen.models.attention.multiscale import MultiScaleWindowAttention
+from ultragen.models.attention.window import LocalWindowAttention, SwinAttention
 
-__all__ = ["BACKENDS", "AttentionContext", "AttentionStrategy", "FullAttention", "VideoGrid", "attention"]
+__all__ = [
+    "BACKENDS",
+    "AttentionContext",
+    "AttentionStrategy",
+    "FullAttention",
+    "GlobalCompressedAttention",
+    "HierarchicalAttention",
+    "LocalWindowAttention",
+    "MultiScaleWindowAttention",
+    "SwinAttention",
+    "UltraGenAttention",
+    "VideoGrid",
+    "attention",
+]

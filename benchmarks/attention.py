@@ -1,0 +1,142 @@
+"""Time forward+backward of one self-attention layer per strategy against FullAttention on the same grid.
+
+Prints, per strategy: measured time ratio vs full, the analytic FLOP ratio from the cost model
+(`ultragen.models.attention.cost`, total incl. projections/convs/LoRA), and their quotient.
+
+    python benchmarks/attention.py                                   # 5x32x64 grid, 12 heads x 128, CPU
+    python benchmarks/attention.py --grid 21x68x120 --device cuda --dtype bfloat16
+    python benchmarks/attention.py --only ultragen --profile          # where the time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ultragen.models.attention import AttentionContext, FullAttention, VideoGrid
+from ultragen.models.attention.cost import layer_cost
+from ultragen.models.attention.global_compressed import GlobalCompressedAttention
+from ultragen.models.attention.global_local import UltraGenAttention
+from ultragen.models.attention.hierarchical import HierarchicalAttention
+from ultragen.models.attention.multiscale import MultiScaleWindowAttention
+from ultragen.models.attention.window import LocalWindowAttention, SwinAttention
+from ultragen.models.blocks import SelfAttention
+from ultragen.models.rope import RotaryTables
+from ultragen.models.wan import sinusoidal_embedding
+
+
+def strategies(args: argparse.Namespace) -> dict:
+    """Name -> factory (dim, heads, layer) of every benchmarked strategy."""
+    pad = dict(pad=args.pad)
+    return {
+        "full": FullAttention,
+        "local": lambda d, h, i: LocalWindowAttention(d, h, i, windows=args.local_windows, **pad),
+        "swin": lambda d, h, i: SwinAttention(d, h, i, windows=args.local_windows[:1], shifts=[True], **pad),
+        "global": lambda d, h, i: GlobalCompressedAttention(d, h, i, factor=args.global_factor, **pad),
+        "hierarchical": lambda d, h, i: HierarchicalAttention(d, h, i, windows=args.hier_windows, **pad),
+        "ultragen": lambda d, h, i: UltraGenAttention(
+            d, h, i, local_windows=args.local_windows, hier_windows=args.hier_windows,
+            global_factor=args.global_factor, **pad,
+        ),
+        "t3": lambda d, h, i: MultiScaleWindowAttention(d, h, i, windows=args.t3_windows),
+    }
+
+
+def step_fn(layer: SelfAttention, x: torch.Tensor, ctx: AttentionContext):
+    """A closure running one forward+backward and returning its seconds."""
+    grad = torch.randn_like(x)
+
+    def step() -> float:
+        for p in layer.parameters():
+            p.grad = None
+        x.grad = None
+        start = time.perf_counter()
+        layer(x, ctx).backward(grad)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step
+
+
+def profile_layer(layer: SelfAttention, x: torch.Tensor, ctx: AttentionContext) -> None:
+    """Print the top operators of one forward+backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        layer(x, ctx).backward(torch.randn_like(x))
+    sort = "cuda_time_total" if x.device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25))
+
+
+def counts(text: str) -> list[list[int]]:
+    """'4x4,5x5' -> [[4, 4], [5, 5]]."""
+    return [[int(n) for n in part.split("x")] for part in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", type=VideoGrid.parse, default=VideoGrid(5, 32, 64))
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--layer", type=int, default=0, help="layer index (selects the window grid of each cycle)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--pad", default="error", choices=["error", "replicate", "interpolate"])
+    parser.add_argument("--local-windows", type=counts, default=[[4, 4], [5, 5]])
+    parser.add_argument("--hier-windows", type=counts, default=[[2, 2], [3, 3]])
+    parser.add_argument("--global-factor", type=int, default=4)
+    parser.add_argument("--t3-windows", type=counts, default=[[1, 4, 8]])
+    parser.add_argument("--only", help="comma-separated strategies to run besides full")
+    parser.add_argument("--profile", action="store_true", help="print a profiler table per strategy")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    dim, grid = args.heads * args.head_dim, args.grid
+    freq = sinusoidal_embedding(256, torch.full((args.batch,), 500.0)).float().to(device)
+    ctx = AttentionContext(grid, RotaryTables(args.head_dim), freq)
+    x = torch.randn(args.batch, grid.numel, dim, device=device, dtype=dtype, requires_grad=True)
+    factories = strategies(args)
+    names = ["full"] + [n for n in (args.only.split(",") if args.only else factories) if n != "full"]
+    print(
+        f"grid {grid} (N = {grid.numel:,}), batch {args.batch}, {args.heads} heads x {args.head_dim}, "
+        f"layer {args.layer}, {device} {args.dtype}, {torch.get_num_threads()} threads, "
+        f"{args.warmup} warm-up + {args.repeats} interleaved repeats (best)"
+    )
+    header = ("strategy", "best fwd+bwd s", "measured x", "analytic x", "maps x", "meas/anal")
+    print(f"{header[0]:<14} {header[1]:>14} {header[2]:>11} {header[3]:>11} {header[4]:>8} {header[5]:>10}")
+    layers = {
+        n: SelfAttention(dim, args.heads, factories[n](dim, args.heads, args.layer)).to(device, dtype) for n in names
+    }
+    steps = {n: step_fn(layer, x, ctx) for n, layer in layers.items()}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for repeat in range(args.warmup + args.repeats):  # interleaved, so background load hits every strategy alike
+        for name, step in steps.items():
+            seconds = step()
+            if repeat >= args.warmup:
+                times[name].append(seconds)
+    full_time, full_cost = min(times["full"]), layer_cost(layers["full"].strategy, grid)
+    for name, layer in layers.items():
+        seconds, cost = min(times[name]), layer_cost(layer.strategy, grid)
+        measured, analytic = full_time / seconds, full_cost.total / cost.total
+        print(
+            f"{name:<14} {seconds:>14.3f} {measured:>11.2f} {analytic:>11.2f} {full_cost.maps / cost.maps:>8.2f} "
+            f"{measured / analytic:>10.2f}"
+        )
+    if args.profile:
+        for name, layer in layers.items():
+            print(f"--- {name}")
+            profile_layer(layer, x, ctx)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Analytic forward FLOPs of self-attention strategies on a token grid, and the `ultragen cost` subcommand.
+
+2 FLOPs per multiply-add (METHOD.md §7.3). "maps" counts QKᵀ and AV of every attention call; "total"
+adds the q/k/v/o projections, LoRA deltas and the depthwise convolutions. Gates, norms, RoPE and
+resampling are O(N·D) and left out. Strategies are built on the meta device, so no weights are allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ultragen.models.attention.base import AttentionStrategy, VideoGrid
+from ultragen.models.attention.full import FullAttention
+from ultragen.models.attention.global_compressed import Compression, GlobalCompressedAttention
+from ultragen.models.attention.global_local import UltraGenAttention
+from ultragen.models.attention.hierarchical import HierarchicalAttention
+from ultragen.models.attention.multiscale import MultiScaleWindowAttention
+from ultragen.models.attention.window import LocalWindowAttention, window_shapes
+
+DEFAULT_MODEL = "configs/model/wan2.1_t2v_1.3b.yaml"
+
+
+@dataclass(frozen=True)
+class AttentionCost:
+    """Forward FLOPs of one layer: attention maps and everything else (projections, LoRA, convs)."""
+
+    maps: float = 0.0
+    other: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.maps + self.other
+
+    def __add__(self, other: "AttentionCost") -> "AttentionCost":
+        return AttentionCost(self.maps + other.maps, self.other + other.other)
+
+
+#################################################################################
+#                                 Per-strategy costs                            #
+#################################################################################
+
+
+def windows_maps(dim: int, shapes: Mapping[tuple[int, int, int], int]) -> float:
+    """Σ over windows of 4·n²·D (QKᵀ and AV), for window shape -> count."""
+    return sum(count * 4.0 * (t * h * w) ** 2 * dim for (t, h, w), count in shapes.items())
+
+
+def lora_flops(branch: GlobalCompressedAttention, tokens: int) -> float:
+    """4·tokens·D·r per LoRA target (A and B matmuls)."""
+    if branch.lora is None:
+        return 0.0
+    return sum(4.0 * tokens * branch.dim * lora.rank for lora in branch.lora.values())
+
+
+def compressed_convs(branch: GlobalCompressedAttention, plan: Compression) -> float:
+    """Strided depthwise conv (2·k²·D per compressed token) + depthwise Conv3d 3×3×3 (54·D per full token)."""
+    return 2.0 * branch.factor**2 * branch.dim * plan.compressed.numel + 54.0 * branch.dim * plan.grid.numel
+
+
+def branch_cost(strategy: AttentionStrategy, grid: VideoGrid) -> AttentionCost:
+    """FLOPs of `strategy` on `grid` without the shared output projection W_o."""
+    d, n = strategy.dim, grid.numel
+    if isinstance(strategy, UltraGenAttention):
+        branches = (strategy.local_branch, strategy.hier_branch, strategy.global_branch)
+        return sum((branch_cost(b, grid) for b in branches if b is not None), AttentionCost())
+    if isinstance(strategy, FullAttention):
+        return AttentionCost(4.0 * n * n * d, 6.0 * n * d * d)
+    if isinstance(strategy, LocalWindowAttention):
+        fit = strategy.fit(grid)
+        shapes = window_shapes(fit.work, (1, *strategy.window_grid), strategy.shifted)
+        return AttentionCost(windows_maps(d, shapes), 6.0 * fit.work.numel * d * d)
+    if isinstance(strategy, MultiScaleWindowAttention):
+        strategy.check(grid)
+        shapes = window_shapes(grid, strategy.counts)
+        return AttentionCost(2 * windows_maps(d, shapes), 6.0 * n * d * d)
+    if isinstance(strategy, GlobalCompressedAttention):  # HierarchicalAttention is its windowed subclass
+        if isinstance(strategy, HierarchicalAttention):
+            plan, fit = strategy.fit(grid)
+            tokens = fit.work.numel
+            maps = windows_maps(d, window_shapes(fit.work, (1, *strategy.window_grid)))
+        else:
+            plan = Compression.plan(grid, strategy.factor, strategy.pad)
+            tokens = plan.compressed.numel
+            maps = 4.0 * tokens * tokens * d
+        projections = (4.0 if strategy.key_proj == "q" else 6.0) * tokens * d * d
+        return AttentionCost(maps, projections + lora_flops(strategy, tokens) + compressed_convs(strategy, plan))
+    raise TypeError(f"no cost model for {type(strategy).__name__}; add it to ultragen.models.attention.cost")
+
+
+def layer_cost(strategy: AttentionStrategy, grid: VideoGrid) -> AttentionCost:
+    """FLOPs of one self-attention layer with `strategy`, including W_o (2·N·D²)."""
+    return branch_cost(strategy, grid) + AttentionCost(0.0, 2.0 * grid.numel * strategy.dim**2)
+
+
+def block_rest_flops(dim: int, ffn_dim: int, text_len: int, grid: VideoGrid) -> float:
+    """Cross-attention (4ND² + 4LD² + 4NLD) and FFN (4·N·D·ffn) FLOPs of one DiT block."""
+    n = grid.numel
+    return 4.0 * n * dim * dim + 4.0 * text_len * dim * dim + 4.0 * n * text_len * dim + 4.0 * n * dim * ffn_dim
+
+
+#################################################################################
+#                                 Config reading                                #
+#################################################################################
+
+
+def merge_configs(base: Any, override: Any) -> Any:
+    """LightningCLI-style merge: dicts merge recursively; a new `class_path` replaces the whole entry."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    if "class_path" in override and override.get("class_path") != base.get("class_path"):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = merge_configs(base[key], value) if key in base else value
+    return merged
+
+
+def load_configs(paths: Sequence[str | Path]) -> dict:
+    """Read YAML files with safe_load and merge them in order."""
+    config: dict = {}
+    for path in paths:
+        with open(path) as f:
+            config = merge_configs(config, yaml.safe_load(f) or {})
+    return config
+
+
+def import_class(class_path: str) -> type:
+    """Class from a dotted path, or a bare name exported by `ultragen.models.attention`."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module or "ultragen.models.attention"), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import attention class_path {class_path!r}: {err}") from err
+
+
+def build_strategies(net: Mapping[str, Any]) -> list[AttentionStrategy]:
+    """Per-layer strategies of a `model.net.init_args` mapping, on the meta device (no weight memory)."""
+    missing = [k for k in ("dim", "num_heads", "num_layers") if k not in net]
+    if missing:
+        raise ValueError(
+            f"model.net.init_args lacks {missing}; add a model preset, e.g. -c configs/model/<preset>.yaml"
+        )
+    dim, heads, layers = (int(net[k]) for k in ("dim", "num_heads", "num_layers"))
+    spec = net.get("attention") or {"class_path": "ultragen.models.attention.full.FullAttention"}
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
+    cls, init_args = import_class(spec["class_path"]), dict(spec.get("init_args") or {})
+    full = set(net.get("full_attention_layers") or [])
+    with torch.device("meta"):
+        return [(FullAttention(dim, heads, i) if i in full else cls(dim, heads, i, **init_args)) for i in range(layers)]
+
+
+#################################################################################
+#                                   Subcommand                                  #
+#################################################################################
+
+
+def describe(strategy: AttentionStrategy) -> str:
+    """Short name of a strategy with its layer-specific windows."""
+    name = type(strategy).__name__
+    if isinstance(strategy, UltraGenAttention):
+        parts = []
+        if strategy.local_branch is not None:
+            parts.append(f"L{'x'.join(map(str, strategy.local_branch.window_grid))}")
+        if strategy.hier_branch is not None:
+            parts.append(f"H{'x'.join(map(str, strategy.hier_branch.window_grid))}/{strategy.hier_branch.factor}")
+        if strategy.global_branch is not None:
+            parts.append(f"G/{strategy.global_branch.factor}")
+        return f"{name}[{' '.join(parts)}]"
+    for attr in ("window_grid", "counts"):
+        if hasattr(strategy, attr):
+            return f"{name}[{'x'.join(map(str, getattr(strategy, attr)))}]"
+    return name
+
+
+def report(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: int | None, text_len: int) -> str:
+    """Per-layer table and whole-model ratios against full attention."""
+    dim = strategies[0].dim
+    full = layer_cost(FullAttention(dim, strategies[0].num_heads, 0), grid)
+    lines = [
+        f"grid {grid} (N = {grid.numel:,}), dim {dim}, {strategies[0].num_heads} heads, {len(strategies)} layers",
+        f"{'layer':>5}  {'strategy':<40} {'maps GFLOP':>12} {'x full':>8} {'total GFLOP':>12} {'x full':>8}",
+    ]
+    costs = [layer_cost(s, grid) for s in strategies]
+    for i, (s, c) in enumerate(zip(strategies, costs)):
+        lines.append(
+            f"{i:>5}  {describe(s):<40} {c.maps / 1e9:>12.1f} {full.maps / c.maps:>8.2f} "
+            f"{c.total / 1e9:>12.1f} {full.total / c.total:>8.2f}"
+        )
+    maps, total, layers = sum(c.maps for c in costs), sum(c.total for c in costs), len(costs)
+    lines.append(f"self-attention, attention maps only: {full.maps * layers / maps:.2f}x fewer FLOPs than full")
+    lines.append(f"self-attention incl. projections/convs/LoRA: {full.total * layers / total:.2f}x")
+    if ffn_dim:
+        rest = block_rest_flops(dim, ffn_dim, text_len, grid) * layers
+        lines.append(
+            f"whole DiT blocks (self + cross-attention + FFN, text length {text_len}): "
+            f"{(full.total * layers + rest) / 1e12:,.0f} vs {(total + rest) / 1e12:,.0f} TFLOP, "
+            f"{(full.total * layers + rest) / (total + rest):.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    """`ultragen cost --grid TxHxW -c config.yaml [-c ...]`: per-layer attention FLOPs and ratios vs full."""
+    parser = argparse.ArgumentParser(prog="ultragen cost", description=main.__doc__)
+    parser.add_argument("--grid", required=True, type=VideoGrid.parse, help="token grid TxHxW, e.g. 21x68x120")
+    parser.add_argument("-c", "--config", action="append", required=True, help="YAML files, merged in order")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"model preset merged before the -c files (default {DEFAULT_MODEL}; 'none' to skip)",
+    )
+    parser.add_argument(
+        "--text-len", type=int, help="text tokens in cross-attention (default: the text encoder's max_length or 512)"
+    )
+    args = parser.parse_args(argv)
+    paths = list(args.config)
+    if args.model != "none":
+        if not Path(args.model).is_file():
+            parser.error(f"model preset {args.model} not found; pass --model PATH or --model none with dims in -c")
+        paths.insert(0, args.model)
+    config = load_configs(paths)
+    model = config.get("model") or {}
+    net = (model.get("net") or {}).get("init_args") or {}
+    text_len = args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512
+    print(report(build_strategies(net), args.grid, net.get("ffn_dim"), int(text_len)))

@@ -1,0 +1,263 @@
+"""Spatially compressed global attention (UltraGen's global branch) and the compression helpers it shares.
+
+Depthwise Conv2d k×k stride k (init 1/k², i.e. average pooling) per frame, attention over the compressed
+T×H/k×W/k tokens with domain-aware LoRA deltas on the shared q/k/v, bilinear upsampling back, then a
+depthwise Conv3d 3×3×3 (init `identity` or the release's 1/27 `box`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid, attention
+from ultragen.models.attention.window import PAD_POLICIES, PadPolicy, check_choice, plane_rotary, resize_plane
+from ultragen.models.lora import DomainLoRA, LoRAInit
+from ultragen.models.rope import apply_rope
+
+KeyProjection = Literal["k", "q"]
+CompressedRope = Literal["grid", "scaled"]
+UpInit = Literal["identity", "box"]
+
+KEY_PROJECTIONS = ("k", "q")
+COMPRESSED_ROPES = ("grid", "scaled")
+UP_INITS = ("identity", "box")
+
+
+#################################################################################
+#                          Compression and decompression                        #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class Compression:
+    """Per-frame spatial compression of `grid` by `factor` under a pad policy.
+
+    error: H and W must be multiples of factor; replicate: edge-pad to the next multiple (the extra
+    rows are cropped after upsampling); interpolate: as released, the strided conv drops trailing
+    rows/cols and bilinear upsampling stretches the compressed plane back to the full (H, W).
+    """
+
+    grid: VideoGrid
+    factor: int
+    pad: PadPolicy
+
+    @classmethod
+    def plan(cls, grid: VideoGrid, factor: int, pad: PadPolicy) -> "Compression":
+        """Validate `grid` against `factor` under `pad`."""
+        if pad == "error" and (grid.h % factor or grid.w % factor):
+            raise ValueError(
+                f"token grid {grid} (TxHxW) is not divisible by the compression factor {factor}: H={grid.h} and "
+                f"W={grid.w} must be multiples of {factor}; choose a video size whose grid divides, change the "
+                "factor, or set pad: replicate | interpolate"
+            )
+        if min(grid.h, grid.w) < factor and pad == "interpolate":
+            raise ValueError(f"token grid {grid} is smaller than the compression factor {factor}; use pad: replicate")
+        return cls(grid, factor, pad)
+
+    @property
+    def padded(self) -> VideoGrid:
+        """Grid the strided conv reads (replicate-padded, or cropped to whole strides)."""
+        k, g = self.factor, self.grid
+        rounding = math.ceil if self.pad == "replicate" else math.floor
+        return VideoGrid(g.t, rounding(g.h / k) * k, rounding(g.w / k) * k)
+
+    @property
+    def compressed(self) -> VideoGrid:
+        """Grid after the strided conv, T × H/k × W/k (rounded per the pad policy)."""
+        p = self.padded
+        return VideoGrid(p.t, p.h // self.factor, p.w // self.factor)
+
+    def compress(self, x: Tensor, conv: nn.Conv2d) -> Tensor:
+        """x (B, T, H, W, C) -> (B, T, H/k, W/k, C) through the depthwise strided conv."""
+        b, t, h, w, c = x.shape
+        p = self.padded
+        if p.h > h:
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, p.h - h, -1, -1)], dim=2)
+        if p.w > w:
+            x = torch.cat([x, x[:, :, :, -1:].expand(-1, -1, -1, p.w - w, -1)], dim=3)
+        z = conv(x.reshape(b * t, *x.shape[2:]).permute(0, 3, 1, 2))  # (B·T, C, h', w'), channels-last memory
+        return z.permute(0, 2, 3, 1).reshape(b, t, *z.shape[2:], c)
+
+    def decompress(self, z: Tensor, conv: DepthwiseConv3d, scale: Tensor | None = None) -> Tensor:
+        """z (B, T, h', w', C) -> bilinear upsampling to (H, W), depthwise Conv3d -> (B, N, C).
+
+        `scale` (B, C) multiplies the result; it is applied to the small plane (upsampling and the depthwise
+        conv are linear per channel) and to the conv bias, never to the full-size output.
+        """
+        b, c, g = z.shape[0], z.shape[-1], self.grid
+        if scale is not None:
+            z = z * scale[:, None, None, None]
+        if self.pad == "replicate":
+            up = resize_plane(z, (z.shape[2] * self.factor, z.shape[3] * self.factor))[:, :, : g.h, : g.w]
+        else:
+            up = resize_plane(z, (g.h, g.w))
+        y = conv(up.permute(0, 4, 1, 2, 3), scale)
+        return y.permute(0, 2, 3, 4, 1).reshape(b, g.numel, c)  # from (B, C, T, H, W), channels-last memory
+
+
+class DepthwiseConv3dFunction(torch.autograd.Function):
+    """Depthwise Conv3d 3×3×3, padding 1, per-sample bias, with a faster backward than PyTorch's CPU kernel (~10×).
+
+    grad_input is the conv with the flipped kernel; grad_weight is gathered per temporal tap with
+    depthwise Conv2d weight gradients. Inputs in channels-last-3d memory keep every step copy-free.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """x (B, C, T, H, W), weight (C, 1, 3, 3, 3), bias (B, C) -> (B, C, T, H, W)."""
+        ctx.save_for_backward(x, weight)
+        if x.shape[0] == 1:  # the bias is fused into the conv
+            return F.conv3d(x, weight, bias[0].to(x.dtype), padding=1, groups=weight.shape[0])
+        return F.conv3d(x, weight, padding=1, groups=weight.shape[0]) + bias[:, :, None, None, None].to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        c, dtype = weight.shape[0], grad.dtype
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv3d(grad, weight.flip(2, 3, 4).to(dtype), padding=1, groups=c).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            b, _, t, h, w = x.shape
+            frames = F.pad(x.to(dtype), (0, 0, 0, 0, 1, 1))  # (B, C, T + 2, H, W), zero frames at both ends
+            g2 = grad.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)  # (B·T, C, H, W)
+            taps = []
+            for a in range(3):
+                tap = frames[:, :, a : a + t].permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+                taps.append(
+                    torch.ops.aten.convolution_backward(
+                        g2, tap, weight[:, :, a].to(dtype), None, [1, 1], [1, 1], [1, 1], False, [0, 0], c,
+                        [False, True, False],
+                    )[1]
+                )
+            grad_w = torch.stack(taps, dim=2).to(weight.dtype)  # (C, 1, 3, 3, 3)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum((2, 3, 4))  # (B, C)
+        return grad_x, grad_w, grad_b
+
+
+class DepthwiseConv3d(nn.Conv3d):
+    """Depthwise Conv3d 3×3×3 (padding 1), initialised as the identity (Dirac) or a 1/27 box filter, bias 0."""
+
+    def __init__(self, dim: int, init: UpInit = "identity"):
+        super().__init__(dim, dim, 3, padding=1, groups=dim)
+        self.init = check_choice("up_init", init, UP_INITS)
+        if init == "box":
+            nn.init.constant_(self.weight, 1.0 / 27)
+        else:
+            nn.init.dirac_(self.weight, groups=dim)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        """x (B, C, T, H, W) -> (B, C, T, H, W); `scale` (B, C) multiplies the bias (x arrives pre-scaled)."""
+        bias = self.bias.expand(x.shape[0], -1) if scale is None else scale * self.bias
+        return DepthwiseConv3dFunction.apply(x, self.weight, bias)
+
+
+def down_conv(dim: int, factor: int) -> nn.Conv2d:
+    """Depthwise Conv2d k×k stride k, weights 1/k² (average pooling), bias 0."""
+    conv = nn.Conv2d(dim, dim, factor, stride=factor, groups=dim)
+    nn.init.constant_(conv.weight, 1.0 / factor**2)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+#################################################################################
+#                             Branch projections                                #
+#################################################################################
+
+
+def lora_qkv(attn, x: Tensor, lora: DomainLoRA | None, key_proj: KeyProjection) -> tuple[Tensor, Tensor, Tensor]:
+    """Shared q/k/v of `attn` plus the branch's LoRA deltas, before the q/k RMSNorms. x (B, L, C) -> 3 × (B, L, H, D).
+
+    `key_proj="q"` reproduces the released global branch, whose keys use W_q.
+    """
+    q = attn.q(x)
+    k = q if key_proj == "q" else attn.k(x)
+    v = attn.v(x)
+    if lora is not None:
+        q, k, v = (y + lora[n](x) if n in lora else y for n, y in (("q", q), ("k", k), ("v", v)))
+    return attn.heads(attn.norm_q(q)), attn.heads(attn.norm_k(k)), attn.heads(v)
+
+
+#################################################################################
+#                        Spatially compressed global attention                  #
+#################################################################################
+
+
+class GlobalCompressedAttention(AttentionStrategy):
+    """Full attention over per-frame spatially compressed tokens, upsampled back (UltraGen's global branch).
+
+    Owns what the compressed branches share: down/up convs, the LoRA set, key projection, compressed RoPE.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        layer_idx: int,
+        factor: int = 4,
+        lora_rank: int = 64,
+        lora_targets: Sequence[str] = ("q", "k", "v"),
+        lora_alpha: float | None = None,
+        lora_bias: bool = False,
+        lora_init_b: LoRAInit = "zero",
+        key_proj: KeyProjection = "k",
+        rope: CompressedRope = "grid",
+        pad: PadPolicy = "error",
+        up_init: UpInit = "identity",
+        backend: str = "sdpa",
+    ):
+        super().__init__(dim, num_heads, layer_idx, backend)
+        if factor < 1:
+            raise ValueError(f"compression factor={factor} must be >= 1")
+        self.factor = factor
+        self.key_proj = check_choice("key_proj", key_proj, KEY_PROJECTIONS)
+        self.rope = check_choice("rope", rope, COMPRESSED_ROPES)
+        self.pad = check_choice("pad", pad, PAD_POLICIES)
+        self.down = down_conv(dim, factor)
+        self.up = DepthwiseConv3d(dim, up_init)
+        self.lora = DomainLoRA(dim, lora_rank, lora_targets, lora_alpha, lora_bias, lora_init_b) if lora_rank else None
+
+    @property
+    def rope_affine(self) -> tuple[float, float]:
+        """(scale, offset) of compressed positions: `grid` integers (release) or `scaled` k·i + (k−1)/2."""
+        k = self.factor
+        return (1.0, 0.0) if self.rope == "grid" else (float(k), (k - 1) / 2)
+
+    def project(self, attn, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v of compressed tokens x (B, L, C) with this branch's LoRA."""
+        return lora_qkv(attn, x, self.lora, self.key_proj)
+
+    def output_delta(self, out: Tensor) -> Tensor:
+        """Per-branch `o` LoRA (applied before fusion, the shared W_o follows), if configured."""
+        return out + self.lora["o"](out) if self.lora is not None and "o" in self.lora else out
+
+    def extra_repr(self) -> str:
+        lora = "none" if self.lora is None else f"rank={next(iter(self.lora.values())).rank} on {list(self.lora)}"
+        return (
+            f"factor={self.factor}, lora={lora}, key_proj={self.key_proj}, rope={self.rope}, pad={self.pad}, "
+            f"up_init={self.up.init}, {super().extra_repr()}"
+        )
+
+    def attend(self, attn, x: Tensor, ctx: AttentionContext) -> tuple[Tensor, Compression]:
+        """Attention output on the compressed plane, (B, T, h', w', C), and the compression used."""
+        b, _, c = x.shape
+        plan = Compression.plan(ctx.grid, self.factor, self.pad)
+        z = plan.compress(x.reshape(b, *ctx.grid, c), self.down)  # (B, T, h', w', C)
+        q, k, v = self.project(attn, z.reshape(b, -1, c))
+        scale, offset = self.rope_affine
+        table = plane_rotary(self.head_dim, ctx.rope.theta, plan.compressed, scale, offset, str(x.device))
+        out = self.output_delta(attention(apply_rope(q, table), apply_rope(k, table), v, backend=self.backend))
+        return out.reshape(z.shape), plan
+
+    def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
+        z, plan = self.attend(attn, x, ctx)
+        return plan.decompress(z, self.up)

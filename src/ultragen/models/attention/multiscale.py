@@ -1,0 +1,59 @@
+"""T3-Video's multi-scale window attention: weight-shared close and remote 3D windows, averaged; no new weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid
+from ultragen.models.attention.window import PlaneFit, grouped_attention, window_layout, window_schedule
+from ultragen.models.rope import apply_rope
+
+
+class MultiScaleWindowAttention(AttentionStrategy):
+    """Close (contiguous) and remote (strided) windows share q/k/v; the two results are averaged.
+
+    `windows` lists per-layer window counts (n_t, n_h, n_w), cycled by absolute layer index; a window is
+    grid / counts. Global 3D RoPE is applied before windowing, so tokens keep their absolute positions.
+    Remote window j collects the tokens whose index along each axis is ≡ j (mod n).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, layer_idx: int, windows: Sequence[Sequence[int]], backend: str = "sdpa"
+    ):
+        super().__init__(dim, num_heads, layer_idx, backend)
+        self.windows = window_schedule("windows", windows, 3)
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """(n_t, n_h, n_w) window counts of this layer."""
+        return self.windows[self.layer_idx % len(self.windows)]
+
+    def check(self, grid: VideoGrid) -> PlaneFit:
+        """Exact fit of `grid`; raises naming the grid and counts if they do not divide."""
+        if any(n % c for n, c in zip(grid, self.counts)):
+            raise ValueError(
+                f"token grid {grid} (TxHxW) is not divisible by the window counts "
+                f"{'x'.join(map(str, self.counts))} of layer {self.layer_idx}; choose counts that divide every axis"
+            )
+        return PlaneFit(grid, grid, "error")
+
+    def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
+        fit = self.check(ctx.grid)
+        q, k, v = attn.qkv(x)  # (B, N, H, D)
+        rope = ctx.grid_rope(x.device)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        outs = []
+        for strided in (False, True):
+            layout = window_layout(fit, self.counts, strided, False, str(x.device))
+            if layout.identity:
+                outs.append(grouped_attention(q, k, v, layout.groups, self.backend))
+                continue
+            qw, kw, vw = (t.index_select(1, layout.order) for t in (q, k, v))
+            outs.append(grouped_attention(qw, kw, vw, layout.groups, self.backend).index_select(1, layout.inverse))
+        return (outs[0] + outs[1]) * 0.5
+
+    def extra_repr(self) -> str:
+        cycle = ", ".join("x".join(map(str, c)) for c in self.windows)
+        return f"counts={'x'.join(map(str, self.counts))} (cycle [{cycle}]), {super().extra_repr()}"

@@ -1,0 +1,379 @@
+"""Window attention: UltraGen's local cross-window scheme, Swin shifted windows, and the shared window machinery.
+
+Windows are expressed as one token order ("window-major") plus its inverse, so a branch gathers its input
+tokens once, projects them in window order, runs one attention call per group of equal-size windows, and
+scatters the result back; replicate padding is part of that gather.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid, attention
+from ultragen.models.rope import Rotary, RotaryTables, apply_rope
+
+PadPolicy = Literal["error", "replicate", "interpolate"]
+WindowRope = Literal["global", "window"]
+Projection = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+PAD_POLICIES = ("error", "replicate", "interpolate")
+WINDOW_ROPES = ("global", "window")
+
+
+#################################################################################
+#                               Option checking                                 #
+#################################################################################
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Return value if it is one of choices, else raise naming the option and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}")
+    return value
+
+
+def window_schedule(name: str, windows: Sequence[Sequence[int]], size: int) -> tuple[tuple[int, ...], ...]:
+    """Validate a per-layer list of window counts (each `size` positive ints) and return it as tuples."""
+    if not windows:
+        raise ValueError(f"{name} is empty; give at least one window grid, e.g. [[4, 4]]")
+    out = tuple(tuple(int(n) for n in entry) for entry in windows)
+    for entry in out:
+        if len(entry) != size or min(entry) < 1:
+            raise ValueError(f"{name} entry {list(entry)} must be {size} positive window counts")
+    return out
+
+
+#################################################################################
+#                             Grid fitting and resizing                         #
+#################################################################################
+
+
+def nearest_multiple(size: int, m: int) -> int:
+    """Nearest positive multiple of m to size, ties to the lower one (the released resize target)."""
+    lower = size // m * m
+    if lower == 0:
+        return m
+    return lower if size - lower <= lower + m - size else lower + m
+
+
+@dataclass(frozen=True)
+class PlaneFit:
+    """How the (h, w) plane of `grid` becomes `work`, whose sides are multiples of a window grid, and back."""
+
+    grid: VideoGrid
+    work: VideoGrid
+    pad: PadPolicy
+    antialias: bool = False
+
+    @classmethod
+    def plan(
+        cls,
+        grid: VideoGrid,
+        multiples: Sequence[int],
+        pad: PadPolicy,
+        antialias: bool = False,
+        what: str = "window grid",
+    ) -> "PlaneFit":
+        """Working grid for `multiples` (rows, cols) under `pad`; raises for `error` on a non-divisible grid."""
+        mh, mw = multiples
+        if grid.h % mh == 0 and grid.w % mw == 0:
+            return cls(grid, grid, pad, antialias)
+        if pad == "error":
+            raise ValueError(
+                f"token grid {grid} (TxHxW) is not divisible by the {what} {mh}x{mw}: H={grid.h} and W={grid.w} "
+                f"must be multiples of {mh} and {mw}; choose a video size whose grid divides, change the {what}, "
+                "or set pad: replicate | interpolate"
+            )
+        if pad == "replicate":
+            h, w = math.ceil(grid.h / mh) * mh, math.ceil(grid.w / mw) * mw
+        else:
+            h, w = nearest_multiple(grid.h, mh), nearest_multiple(grid.w, mw)
+        return cls(grid, VideoGrid(grid.t, h, w), pad, antialias)
+
+    @property
+    def resamples(self) -> bool:
+        """True when the plane is bilinearly resized (the released `interpolate` behaviour)."""
+        return self.pad == "interpolate" and self.work != self.grid
+
+    @property
+    def source(self) -> VideoGrid:
+        """Grid the window tokens are gathered from (and the output is returned on)."""
+        return self.work if self.resamples else self.grid
+
+    def positions(self) -> tuple[Tensor, Tensor]:
+        """Row and column coordinates of the source plane, in units of the original `grid`."""
+        if self.resamples:
+            return tuple(
+                (torch.arange(n, dtype=torch.float64) + 0.5) * (n0 / n) - 0.5
+                for n, n0 in ((self.work.h, self.grid.h), (self.work.w, self.grid.w))
+            )
+        return torch.arange(self.grid.h, dtype=torch.float64), torch.arange(self.grid.w, dtype=torch.float64)
+
+
+def resize_plane(x: Tensor, size: Sequence[int], antialias: bool = False) -> Tensor:
+    """Bilinear (align_corners=False) resize of the (h, w) plane of x (B, T, h, w, C) to `size`."""
+    b, t, h, w, c = x.shape
+    if (h, w) == tuple(size):
+        return x
+    y = F.interpolate(
+        x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), size=tuple(size), mode="bilinear", align_corners=False,
+        antialias=antialias,
+    )  # (B·T, C, h', w'), channels-last memory
+    return y.permute(0, 2, 3, 1).reshape(b, t, *size, c)
+
+
+#################################################################################
+#                                 Window layouts                                #
+#################################################################################
+
+
+def window_spans(size: int, count: int, shifted: bool = False) -> list[tuple[int, int]]:
+    """(start, length) of the windows along one axis; shifted windows start half a window in (Swin)."""
+    step = size // count
+    if not shifted or step < 2:
+        return [(i * step, step) for i in range(count)]
+    s = step // 2
+    return [(0, s), *((s + i * step, step) for i in range(count - 1)), (size - (step - s), step - s)]
+
+
+def window_shapes(work: VideoGrid, counts: Sequence[int], shifted: bool = False) -> dict[tuple[int, int, int], int]:
+    """Window shape (t, h, w) -> number of such windows, for `counts` windows per axis on `work`."""
+    shapes: dict[tuple[int, int, int], int] = {}
+    spans = [window_spans(n, c, shifted and axis > 0) for axis, (n, c) in enumerate(zip(work, counts))]
+    for window in itertools.product(*spans):
+        shape = tuple(length for _, length in window)
+        shapes[shape] = shapes.get(shape, 0) + 1
+    return shapes
+
+
+class WindowLayout:
+    """Windows of `fit.work` as one window-major token order over `fit.source`, grouped by window size.
+
+    `order[j]`: source token of the j-th windowed token (replicate padding repeats edge tokens);
+    `inverse[i]`: position in `order` of source token i; `groups`: (windows, tokens per window) in order;
+    `local[j]`: flat index of token j inside a window-shaped table of size `local_grid` (window-local RoPE).
+    """
+
+    def __init__(self, fit: PlaneFit, counts: Sequence[int], strided: bool, shifted: bool, device: str):
+        work, src = fit.work, fit.source
+        nt, nh, nw = counts
+        if work.t % nt or work.h % nh or work.w % nw:
+            raise ValueError(
+                f"token grid {work} is not divisible by the window counts {nt}x{nh}x{nw}; "
+                "choose counts that divide the grid"
+            )
+        idx = torch.arange(work.numel).view(work.t, work.h, work.w)
+        if strided:  # "remote" windows: token i of every axis goes to window i mod n
+            wt, wh, ww = work.t // nt, work.h // nh, work.w // nw
+            blocks = [idx.view(wt, nt, wh, nh, ww, nw).permute(1, 3, 5, 0, 2, 4).reshape(-1, wt, wh, ww)]
+        else:
+            spans = [window_spans(n, c, shifted and axis > 0) for axis, (n, c) in enumerate(zip(work, counts))]
+            by_shape: dict[tuple[int, int, int], list[Tensor]] = {}
+            for (t0, lt), (h0, lh), (w0, lw) in itertools.product(*spans):
+                by_shape.setdefault((lt, lh, lw), []).append(idx[t0 : t0 + lt, h0 : h0 + lh, w0 : w0 + lw])
+            blocks = [torch.stack(ws) for ws in by_shape.values()]
+        self.groups = tuple((b.shape[0], b[0].numel()) for b in blocks)
+        self.local_grid = lg = VideoGrid(*(max(b.shape[axis] for b in blocks) for axis in (1, 2, 3)))
+        local = []  # flat index of each windowed token in a (lg.t, lg.h, lg.w) table, per window
+        for b in blocks:
+            t, h, w = (torch.arange(n) for n in b.shape[1:])
+            local.append(((t[:, None, None] * lg.h + h[None, :, None]) * lg.w + w).reshape(-1).repeat(b.shape[0]))
+        order = torch.cat([b.reshape(-1) for b in blocks])  # working-grid index of each windowed token
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel())
+        if work != src:  # replicate padding: padded tokens read the nearest edge token of the source plane
+            t, r, c = (i.reshape(-1) for i in torch.meshgrid(*(torch.arange(n) for n in work), indexing="ij"))
+            order = ((t * src.h + r.clamp(max=src.h - 1)) * src.w + c.clamp(max=src.w - 1))[order]
+            position = position.view(work.t, work.h, work.w)[:, : src.h, : src.w].reshape(-1)
+        self.fit = fit
+        self.identity = bool(work == src and torch.equal(order, torch.arange(order.numel())))
+        self.order = order.to(device)
+        self.inverse = position.to(device)
+        self.local = torch.cat(local).to(device)
+        self.device = device
+        self._rope: dict[tuple, Rotary] = {}
+
+    def rope(self, tables: RotaryTables, mode: WindowRope, scale: float = 1.0, offset: float = 0.0) -> Rotary:
+        """RoPE rows (N_work, head_dim / 2) in window order: global positions or window-local ones.
+
+        Spatial positions are `scale · p + offset` with p the plane coordinate (compressed grids use this).
+        """
+        key = (tables.head_dim, tables.theta, mode, scale, offset)
+        if key not in self._rope:
+            if mode == "global":
+                (rows, cols), frames, index = self.fit.positions(), self.fit.source.t, self.order
+            else:
+                lg = self.local_grid
+                rows, cols = (torch.arange(n, dtype=torch.float64) for n in (lg.h, lg.w))
+                frames, index = lg.t, self.local
+            table = tables.rotary(torch.arange(frames), rows * scale + offset, cols * scale + offset)
+            index = index.cpu()
+            self._rope[key] = Rotary(table.cos[index].to(self.device), table.sin[index].to(self.device))
+        return self._rope[key]
+
+
+@functools.lru_cache(maxsize=16)
+def window_layout(
+    fit: PlaneFit, counts: tuple[int, int, int], strided: bool = False, shifted: bool = False, device: str = "cpu"
+) -> WindowLayout:
+    """Cached `WindowLayout` (index tensors and RoPE rows on `device`; 16 most recent grids/layers)."""
+    return WindowLayout(fit, counts, strided, shifted, device)
+
+
+@functools.lru_cache(maxsize=16)
+def plane_rotary(
+    head_dim: int, theta: float, grid: VideoGrid, scale: float = 1.0, offset: float = 0.0, device: str = "cpu"
+) -> Rotary:
+    """Cached RoPE tables (N, head_dim / 2) of `grid` with spatial positions `scale · i + offset`."""
+    rows, cols = (torch.arange(n, dtype=torch.float64) * scale + offset for n in (grid.h, grid.w))
+    r = RotaryTables(head_dim, theta).rotary(torch.arange(grid.t), rows, cols)
+    return Rotary(r.cos.to(device), r.sin.to(device))
+
+
+#################################################################################
+#                               Windowed attention                              #
+#################################################################################
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[tuple[int, int]], backend: str) -> Tensor:
+    """q, k, v (B, N, H, D) in window order, one attention call per group of equal windows -> (B, N, H·D)."""
+    b, outs, start = q.shape[0], [], 0
+    for num, length in groups:
+        end = start + num * length
+        qs, ks, vs = (x[:, start:end].reshape(b * num, length, *x.shape[2:]) for x in (q, k, v))
+        outs.append(attention(qs, ks, vs, backend=backend).reshape(b, num * length, -1))
+        start = end
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def attend_windows(
+    x: Tensor,
+    project: Projection,
+    fit: PlaneFit,
+    counts: Sequence[int],
+    tables: RotaryTables,
+    rope: WindowRope,
+    backend: str,
+    shifted: bool = False,
+    rope_scale: float = 1.0,
+    rope_offset: float = 0.0,
+) -> Tensor:
+    """Spatial windows (full temporal tubes) over x (B, T, h, w, C) on `fit.grid` -> (B, N_source, C).
+
+    The output lies on `fit.source`: the original plane, or the resized one under `interpolate`.
+    """
+    b, c = x.shape[0], x.shape[-1]
+    if fit.resamples:
+        x = resize_plane(x, (fit.work.h, fit.work.w), fit.antialias)
+    layout = window_layout(fit, (1, *counts), False, shifted, str(x.device))
+    tokens = x.reshape(b, -1, c)  # (B, N_source, C)
+    if not layout.identity:
+        tokens = tokens.index_select(1, layout.order)  # (B, N_work, C), window-major
+    q, k, v = project(tokens)
+    table = layout.rope(tables, rope, rope_scale, rope_offset)
+    out = grouped_attention(apply_rope(q, table), apply_rope(k, table), v, layout.groups, backend)
+    return out if layout.identity else out.index_select(1, layout.inverse)
+
+
+#################################################################################
+#                            Local window strategies                            #
+#################################################################################
+
+
+class LocalWindowAttention(AttentionStrategy):
+    """Non-overlapping spatial windows, each a full-length temporal tube, with the pretrained q/k/v.
+
+    `windows` is a per-layer list of window grids (rows, cols) cycled by the absolute layer index;
+    the release alternates `[[4, 4], [5, 5]]` (UltraGen's cross-window scheme).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        layer_idx: int,
+        windows: Sequence[Sequence[int]] = ((4, 4), (5, 5)),
+        rope: WindowRope = "global",
+        pad: PadPolicy = "error",
+        antialias: bool = False,
+        backend: str = "sdpa",
+    ):
+        super().__init__(dim, num_heads, layer_idx, backend)
+        self.windows = window_schedule("windows", windows, 2)
+        self.rope = check_choice("rope", rope, WINDOW_ROPES)
+        self.pad = check_choice("pad", pad, PAD_POLICIES)
+        self.antialias = antialias
+
+    @property
+    def window_grid(self) -> tuple[int, int]:
+        """(rows, cols) window counts of this layer."""
+        return self.windows[self.layer_idx % len(self.windows)]
+
+    @property
+    def shifted(self) -> bool:
+        """Whether this layer's windows are shifted by half a window (Swin)."""
+        return False
+
+    def fit(self, grid: VideoGrid) -> PlaneFit:
+        """Working grid of this layer's windows on `grid` (raises under pad=error if not divisible)."""
+        return PlaneFit.plan(grid, self.window_grid, self.pad, self.antialias)
+
+    def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
+        b, n, c = x.shape
+        grid = ctx.grid
+        fit = self.fit(grid)
+        out = attend_windows(
+            x.reshape(b, *grid, c), attn.qkv, fit, self.window_grid, ctx.rope, self.rope, self.backend, self.shifted
+        )  # (B, N_source, C)
+        if fit.resamples:
+            out = resize_plane(out.reshape(b, *fit.work, c), (grid.h, grid.w), self.antialias).reshape(b, n, c)
+        return out
+
+    def extra_repr(self) -> str:
+        nh, nw = self.window_grid
+        cycle = ", ".join(f"{h}x{w}" for h, w in self.windows)
+        return (
+            f"windows={nh}x{nw} (cycle [{cycle}]), rope={self.rope}, pad={self.pad}, antialias={self.antialias}, "
+            f"{super().extra_repr()}"
+        )
+
+
+class SwinAttention(LocalWindowAttention):
+    """Swin-style local attention: layers listed as shifted move the window grid by half a window.
+
+    Shifted windows are exact (no cyclic roll, no mask): the windows cut off at the borders
+    are attended separately, as Swin's masked cyclic shift does.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        layer_idx: int,
+        windows: Sequence[Sequence[int]] = ((4, 4),),
+        shifts: Sequence[bool] = (False, True),
+        rope: WindowRope = "global",
+        pad: PadPolicy = "error",
+        antialias: bool = False,
+        backend: str = "sdpa",
+    ):
+        super().__init__(dim, num_heads, layer_idx, windows, rope, pad, antialias, backend)
+        if not shifts:
+            raise ValueError("shifts is empty; give a per-layer list such as [false, true]")
+        self.shifts = tuple(bool(s) for s in shifts)
+
+    @property
+    def shifted(self) -> bool:
+        return self.shifts[self.layer_idx % len(self.shifts)]
+
+    def extra_repr(self) -> str:
+        return f"shifted={self.shifted}, {super().extra_repr()}"
