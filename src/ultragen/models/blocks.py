@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionContext, AttentionStrategy, attention
+from ultragen.models.attention.base import AttentionContext, AttentionStrategy, attention, check_backend
 
 
-class SelfAttention(nn.Module):
-    """Owns Wan's q/k/v/o and q/k RMSNorms (over the full width); the strategy decides which tokens meet."""
+class Projections(nn.Module):
+    """Wan's attention weights: q/k/v/o linears and RMSNorms on q and k over the full width."""
 
-    def __init__(self, dim: int, num_heads: int, strategy: AttentionStrategy, eps: float = 1e-6):
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -21,11 +21,18 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
-        self.strategy = strategy
 
     def heads(self, x: Tensor) -> Tensor:
         """(B, L, C) -> (B, L, H, D)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim))
+
+
+class SelfAttention(Projections):
+    """Self-attention weights of a block; the strategy decides which tokens meet."""
+
+    def __init__(self, dim: int, num_heads: int, strategy: AttentionStrategy, eps: float = 1e-6):
+        super().__init__(dim, num_heads, eps)
+        self.strategy = strategy
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalised q, k and plain v of x (B, L, C), each (B, L, H, D)."""
@@ -39,26 +46,18 @@ class SelfAttention(nn.Module):
         return self.o(self.strategy(self, x, ctx))  # (B, N, C)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Projections):
     """Text cross-attention (Wan T2V): queries from video tokens, keys/values from text tokens."""
 
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6, backend: str = "sdpa"):
-        super().__init__()
-        self.num_heads = num_heads
-        self.backend = backend
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        super().__init__(dim, num_heads, eps)
+        self.backend = check_backend(backend)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x (B, N, C), context (B, L, C) -> (B, N, C)."""
-        split = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731
-        q = split(self.norm_q(self.q(x)))
-        k = split(self.norm_k(self.k(context)))
-        v = split(self.v(context))
+        q = self.heads(self.norm_q(self.q(x)))
+        k = self.heads(self.norm_k(self.k(context)))
+        v = self.heads(self.v(context))
         return self.o(attention(q, k, v, backend=self.backend))
 
 
