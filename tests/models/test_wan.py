@@ -101,3 +101,12 @@ def test_video_grid_parse():
     assert VideoGrid(21, 68, 120).numel == 171360
     with pytest.raises(ValueError, match="TxHxW"):
         VideoGrid.parse("21x68")
+
+
+def test_release_timestep_dtype_quantises_t():
+    x, c = torch.randn(1, 8, 1, 4, 4), torch.randn(1, 4, 12)
+    release = tiny_dit(timestep_dtype="bfloat16")
+    # bf16 spacing is 4 on [512, 1024): 993.15 and 992 embed identically, float32 keeps them apart
+    assert torch.equal(release(x, torch.tensor([993.15]), c), release(x, torch.tensor([992.0]), c))
+    default = tiny_dit()
+    assert not torch.equal(default(x, torch.tensor([993.15]), c), default(x, torch.tensor([992.0]), c))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from einops import rearrange
@@ -58,7 +59,8 @@ class WanDiT(nn.Module):
 
     `in_dim` and `text_dim` come first because they follow the codec and the text encoder
     (the LightningModule supplies them); `attention` builds the strategy of every layer not in
-    `full_attention_layers`, which keep `FullAttention`.
+    `full_attention_layers`, which keep `FullAttention`. `timestep_dtype: bfloat16` rounds t to bf16 before
+    embedding, as the UltraGen release does (spacing 4 on [512, 1024), so gates and modulation see quantised t).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class WanDiT(nn.Module):
         rope_theta: float = 10000.0,
         attention: StrategyFactory = FullAttention,
         full_attention_layers: list[int] | None = None,
+        timestep_dtype: Literal["float32", "bfloat16"] = "float32",
     ):
         super().__init__()
         if dim % num_heads:
@@ -91,6 +94,7 @@ class WanDiT(nn.Module):
         self.num_heads = num_heads
         self.patch_size = tuple(patch_size)
         self.full_attention_layers = full
+        self.timestep_dtype = getattr(torch, timestep_dtype)
 
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
@@ -142,7 +146,7 @@ class WanDiT(nn.Module):
             raise ValueError(f"latent has {x.shape[1]} channels but the DiT expects in_dim={self.in_dim}")
         grid = self.token_grid(*x.shape[2:])
         x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, N, C)
-        freq = sinusoidal_embedding(self.freq_dim, t).float()  # (B, freq_dim)
+        freq = sinusoidal_embedding(self.freq_dim, t.to(self.timestep_dtype)).float()  # (B, freq_dim)
         t_emb = self.time_embedding(freq.to(x.dtype))  # (B, C)
         t_mod = self.time_projection(t_emb).unflatten(1, (6, self.dim))  # (B, 6, C)
         context = self.text_embedding(context)  # (B, L, C)
