@@ -72,3 +72,11 @@ def test_data_token_budget_must_match_codec():
     module._trainer = SimpleNamespace(datamodule=SimpleNamespace(budget=TokenBudget(1000, 4, 8, (1, 2, 2))))
     with pytest.raises(ValueError, match=r"set data.init_args.temporal_factor/spatial_factor/patch to match"):
         module.setup("fit")
+
+
+def test_fit_with_ema_weight_averaging(tmp_path):
+    run("fit", "-c", TINY, "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.9")
+    ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert any("EMAWeightAveraging" in key for key in ckpt["callbacks"])
