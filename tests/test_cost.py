@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from ultragen.cli import main as cli
 from ultragen.models.attention import FullAttention, VideoGrid
 from ultragen.models.attention.cost import (
     block_rest_flops,
@@ -98,12 +99,12 @@ def test_strategies_are_built_without_weight_memory():
 def test_cli_prints_table_and_ratios(tmp_path, capsys):
     model = tmp_path / "model.yaml"
     model.write_text(yaml.safe_dump({"model": {"net": {"init_args": {**WAN_13B, "ffn_dim": 8960}}}}))
-    main(["--grid", "21x68x120", "--model", str(model), "-c", str(CONFIGS / "experiments" / "ultragen_release.yaml")])
+    cli(["cost", "--grid", "21x68x120", "--model", str(model), "-c", str(CONFIGS / "experiments" / "ultragen_release.yaml")])
     out = capsys.readouterr().out
     assert "grid 21x68x120 (N = 171,360)" in out
     assert len([line for line in out.splitlines() if "UltraGenAttention" in line]) == 24
     assert "attention maps only: 3.94x" in out and "3.18x" in out
-    main(["--grid", "21x68x120", "--model", "none", "-c", str(model), "-c", str(CONFIGS / "experiments" / "full.yaml")])
-    assert "attention maps only: 1.00x" in capsys.readouterr().out
+    out = main(["--grid", "21x68x120", "--model", "none", "-c", str(model), "-c", str(CONFIGS / "experiments" / "full.yaml")])
+    assert "attention maps only: 1.00x" in out
     with pytest.raises(SystemExit):
         main(["--grid", "21x68", "-c", str(model)])

@@ -42,10 +42,9 @@ def torch_load_safe(path: str | Path) -> object:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         raise ValueError(
             f"{path} holds pickled Python objects ({', '.join(unsafe[:5])}) that safe loading refuses; "
-            "ultragen never unpickles code. If you trust the file, convert its tensors to safetensors once, e.g. "
-            "`python -c \"import torch, safetensors.torch as st; sd = torch.load('IN', weights_only=False); "
-            "st.save_file({k: v.contiguous() for k, v in sd.get('state_dict', sd).items()}, 'OUT.safetensors')\"`, "
-            "and load OUT.safetensors"
+            "ultragen never unpickles code. If you trust the file, convert it once outside ultragen: open it with "
+            "PyTorch's full unpickler (weights_only off) in a session you trust, write its tensors with "
+            "safetensors.torch.save_file, and load that .safetensors file"
         ) from err
 
 

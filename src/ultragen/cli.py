@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-# Plain (non-Lightning) subcommands: name -> "module:function(argv)".
+# Plain (non-Lightning) subcommands: name -> "module:function(argv)"; a returned string is the command's output.
 SUBCOMMANDS: dict[str, str] = {
     "export": "ultragen.lit.export:main",
     "data": "ultragen.data.cli:main",
@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if argv and argv[0] in SUBCOMMANDS:
         module, func = SUBCOMMANDS[argv[0]].split(":")
-        getattr(importlib.import_module(module), func)(argv[1:])
+        output = getattr(importlib.import_module(module), func)(argv[1:])
+        if output is not None:
+            print(output)
         return
     from ultragen.lit.cli import UltraGenCLI
 

@@ -208,7 +208,7 @@ def report(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: in
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> str:
     """`ultragen cost --grid TxHxW -c config.yaml [-c ...]`: per-layer attention FLOPs and ratios vs full."""
     parser = argparse.ArgumentParser(prog="ultragen cost", description=main.__doc__)
     parser.add_argument("--grid", required=True, type=VideoGrid.parse, help="token grid TxHxW, e.g. 21x68x120")
@@ -230,4 +230,4 @@ def main(argv: list[str]) -> None:
     model = config.get("model") or {}
     net = (model.get("net") or {}).get("init_args") or {}
     text_len = args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512
-    print(report(build_strategies(net), args.grid, net.get("ffn_dim"), int(text_len)))
+    return report(build_strategies(net), args.grid, net.get("ffn_dim"), int(text_len))
