@@ -6,7 +6,7 @@ ULTRAGEN := $(VENV)/bin/ultragen
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo demo-strip ablation clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,7 +27,15 @@ demo: install
 	$(ULTRAGEN) fit -c configs/demo.yaml
 	$(ULTRAGEN) predict -c configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt --data.init_args.prompts data/demo_prompts.txt
 	@echo "TensorBoard logs: runs/demo  (tensorboard --logdir runs)"
-	@echo "Sampled videos:   runs/demo/samples/*.mp4"
+	@echo "Sampled videos:   runs/demo/samples/*.mp4, frame strip of the scored prompts: runs/demo/samples/strip.png"
+
+# The README's frame strip: a fresh demo run's strip of its 16 scored held-out prompts.
+demo-strip: demo
+	cp runs/demo/samples/strip.png docs/demo_strip.png
+
+# docs/ablation.md and docs/ablation/ from the default ablation run (about 45 minutes on 2 CPU cores).
+ablation: install
+	$(ULTRAGEN) ablate
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,5 +1,6 @@
 """The real `ultragen` CLI on the tiny CPU config: fit, validate, test, predict."""
 
+import math
 from pathlib import Path
 
 import av
@@ -80,3 +81,38 @@ def test_fit_with_ema_weight_averaging(tmp_path):
         "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.9")
     ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert any("EMAWeightAveraging" in key for key in ckpt["callbacks"])
+
+
+def test_text_cache_returns_the_encoder_states_and_encodes_each_prompt_once(monkeypatch):
+    from ultragen.lit.cli import UltraGenCLI
+
+    module = UltraGenCLI(args=["-c", TINY, "--model.text_cache_size=2"], run=False).model
+    encoder, seen = module.text_encoder.forward, []
+    monkeypatch.setattr(module.text_encoder, "forward", lambda prompts: seen.append(list(prompts)) or encoder(prompts))
+    first = module.encode_text(["a red circle", "a blue square", "a red circle"])
+    assert seen == [["a red circle", "a blue square"]]
+    torch.testing.assert_close(first, encoder(["a red circle", "a blue square", "a red circle"]))
+    module.encode_text(["a blue square"])
+    assert len(seen) == 1  # cached
+    module.encode_text(["a green ring"])  # evicts the least recently used prompt ("a red circle")
+    module.encode_text(["a blue square", "a red circle"])
+    assert seen[1:] == [["a green ring"], ["a red circle"]]
+
+
+def test_procedural_metrics_are_logged_with_a_frame_strip(tmp_path):
+    strip = tmp_path / "strip.png"
+    run("fit", "-c", TINY, "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=1",
+        "--trainer.num_sanity_val_steps=0", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.callbacks+=ultragen.lit.callbacks.ProceduralMetrics", "--trainer.callbacks.num_videos=2",
+        "--trainer.callbacks.steps=2", f"--trainer.callbacks.strip={strip}")
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*"))))
+    events.Reload()
+    names = {"samples/color_correct", "samples/direction_correct", "samples/count_error", "samples/trajectory_error"}
+    assert names <= set(events.Tags()["scalars"])
+    assert all(math.isfinite(events.Scalars(n)[-1].value) and events.Scalars(n)[-1].value >= 0 for n in names)
+    assert "samples/strip" in events.Tags()["images"]
+    width, height = Image.open(strip).size
+    assert width >= 5 * 64 * 2 and height >= 2 * 64 * 2  # 5 frames of 2 videos at 2x

@@ -22,7 +22,7 @@ class ParseOnlyCLI(UltraGenCLI):
         pass
 
 
-STANDALONE = {TINY, CONFIGS / "demo.yaml"}
+STANDALONE = {TINY, CONFIGS / "demo.yaml", CONFIGS / "ablation" / "base.yaml"}
 WAN_1_3B = CONFIGS / "model" / "wan2.1_t2v_1.3b.yaml"
 
 

@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "ultragen.lit.export:main",
     "data": "ultragen.data.cli:main",
     "cost": "ultragen.models.attention.cost:main",
+    "ablate": "ultragen.ablation:main",
 }
 
 

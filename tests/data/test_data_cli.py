@@ -5,13 +5,13 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
 from ultragen.cli import main
-from ultragen.data.demo import REAL_CLIPS, Scene, Sprite, real_clip_dir, render
+from ultragen.data.demo import REAL_CLIPS, real_clip_dir
+from ultragen.data.procedural import Truth, random_scene
 from ultragen.data.shards import expand_shards, read_samples, sample_meta
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,31 +29,23 @@ def data_module(config: str, **overrides) -> L.LightningDataModule:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    main(["data", "demo", "--out", str(out), "--frames", "5", "--hd-size", "64x112", "--hd-videos", "3", "--hd-val", "1",
-          "--real-size", "64x128", "--real-size", "96x112"])
+    main(["data", "demo", "--out", str(out), "--frames", "5", "--scene-size", "64x112", "--scenes", "3", "--scenes-val",
+          "1", "--real-size", "64x128", "--real-size", "96x112", "--counts", "1", "2"])
     return out
 
 
-def test_demo_writes_real_and_procedural_shards(demo, capsys):
+def test_demo_writes_real_and_procedural_shards_with_ground_truth(demo, capsys):
     train = [sample_meta(s) for s in read_samples(expand_shards(str(demo / "train")))]
     val = [sample_meta(s) for s in read_samples(expand_shards(str(demo / "val")))]
     sources = {m["source"] for m in train}
-    assert set(REAL_CLIPS) <= sources and {"hd-000.mp4", "hd-001.mp4"} <= sources
-    assert [m["source"] for m in val] == ["hd-002.mp4"]
+    assert set(REAL_CLIPS) <= sources and {"scene-0000.mp4", "scene-0001.mp4"} <= sources
+    assert [m["source"] for m in val] == ["scene-0002.mp4"]
     assert {(m["height"], m["width"], m["frames"]) for m in train} == {(64, 128, 5), (96, 112, 5), (64, 112, 5)}
-    assert all(m["caption"] == REAL_CLIPS[m["source"]] for m in train if m["source"] in REAL_CLIPS)
-    assert all(m["caption"].startswith("A large ") for m in val)
-
-
-def test_procedural_objects_are_large_and_cross_the_frame():
-    scene = Scene("grey to black", [Sprite("circle", "red", 0.25, (0.5, 0.1), (0.5, 0.9))])
-    frames = list(render(scene, 64, 112, 5))
-    red = [(f[..., 0].astype(int) - f[..., 2] > 100) for f in frames]
-    assert abs(red[2].sum() - np.pi * 16**2) < 0.1 * np.pi * 16**2  # radius 0.25 of the height, fully inside mid-way
-    assert all(r.mean() > 0.05 for r in red)
-    columns = [r.any(0).nonzero()[0].mean() for r in red]
-    assert columns[0] < 30 and columns[-1] > 80 and columns == sorted(columns)
-    assert scene.caption() == "A large red circle moves from left to right across the frame, over a smooth grey to black gradient background."
+    assert all(m["caption"] == REAL_CLIPS[m["source"]] and "truth" not in m for m in train if m["source"] in REAL_CLIPS)
+    for meta in [m for m in train + val if m["source"].startswith("scene-")]:
+        scene = random_scene(int(meta["source"][6:10]), seed=0, counts=(1, 2))
+        assert meta["caption"] == scene.caption()
+        assert Truth.from_json(meta["truth"]) == scene.truth(5, 64, 112)
 
 
 def test_demo_config_streams_the_demo_shards(demo):

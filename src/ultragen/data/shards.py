@@ -227,11 +227,12 @@ def shard_bytes(meta: dict) -> bytes:
 
 @dataclass(frozen=True)
 class VideoItem:
-    """One source video: path, caption and the name recorded in the shards (relative path)."""
+    """One source video: path, caption, the name recorded in the shards (relative path) and extra json metadata."""
 
     path: Path
     caption: str
     name: str
+    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -347,7 +348,7 @@ def cut_clips(
                         "source_size": [height, width],
                         "clip": clip,
                         "clip_start": round(clip * bucket.frames / out_fps, 6),
-                    }
+                    } | item.meta
                     yield {"__key__": clip_key(item.name, clip), "mp4": writer.finish(), "json": shard_bytes(meta)}
                     writer = None
         finally:

@@ -1,4 +1,10 @@
-"""Flow matching: x_t = (1 - σ)·x_0 + σ·ε, velocity target ε - x_0, shifted discrete σ sampling."""
+"""Flow matching: x_t = (1 - σ)·x_0 + σ·ε, velocity target ε - x_0, shifted discrete σ sampling.
+
+The network predicts the velocity (Wan's parameterisation, the default) or the clean sample x_0
+(`prediction: x0`); an x_0 prediction is turned into a velocity v̂ = (x_t - x̂_0) / max(σ, min_sigma), so the
+loss and the sampler see velocities either way. x_0 prediction suits parameter-free pixel codecs: a small
+network's residual error then stays in the image instead of becoming per-pixel noise at the last steps.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+
+LOSS_WEIGHTINGS = ("none", "diffsynth", "x0")
 
 
 def shift_sigmas(sigma: Tensor, shift: float) -> Tensor:
@@ -16,27 +25,45 @@ def shift_sigmas(sigma: Tensor, shift: float) -> Tensor:
 class FlowMatching:
     """Training side of rectified flow as in DiffSynth's FlowMatchScheduler (training mode).
 
-    σ_j = shift(linspace(1, 0, T + 1)[:-1])_j, t_j = T·σ_j, j ~ Uniform{0..T-1}; optional DiffSynth loss weight
-    w(t_j) = T·(y_j - min y) / Σ(y - min y), y_j = exp(-2·((t_j - T/2) / T)²).
+    σ_j = shift(linspace(1, 0, T + 1)[:-1])_j, t_j = T·σ_j, j ~ Uniform{0..T-1}. Loss weights w(t_j) on the
+    velocity MSE (each table normalised to mean 1, so the learning rate keeps its meaning):
+    - `diffsynth`: w ∝ y_j - min y, y_j = exp(-2·((t_j - T/2) / T)²) (DiffSynth; zero at both ends of the schedule);
+    - `x0`: w ∝ max(σ_j, min_sigma)², which turns the velocity MSE into the MSE of the implied x_0
+      (v̂ - v = (x_0 - x̂_0) / σ): weight moves to high noise, where the caption decides the layout;
+    - `none`: w = 1.
     """
 
     def __init__(
         self,
         shift: float = 5.0,
         num_train_timesteps: int = 1000,
-        loss_weighting: Literal["none", "diffsynth"] = "diffsynth",
+        loss_weighting: Literal["none", "diffsynth", "x0"] = "diffsynth",
+        prediction: Literal["velocity", "x0"] = "velocity",
+        min_sigma: float = 0.05,
     ):
         if shift <= 0:
             raise ValueError(f"shift={shift} must be positive (Wan uses 5.0)")
+        if prediction not in ("velocity", "x0"):
+            raise ValueError(f"prediction={prediction!r} is not supported; choose 'velocity' (Wan) or 'x0'")
+        if not 0 < min_sigma <= 1:
+            raise ValueError(f"min_sigma={min_sigma} must be in (0, 1]")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting={loss_weighting!r} is not supported; choose one of {list(LOSS_WEIGHTINGS)}")
+        self.prediction, self.min_sigma = prediction, min_sigma
         self.shift = shift
         self.num_train_timesteps = num_train_timesteps
         self.loss_weighting = loss_weighting
         base = torch.linspace(1.0, 0.0, num_train_timesteps + 1, dtype=torch.float64)[:-1]
         self.sigmas = shift_sigmas(base, shift).float()  # (T,)
         self.timesteps = self.sigmas * num_train_timesteps
-        y = torch.exp(-2 * ((self.timesteps - num_train_timesteps / 2) / num_train_timesteps) ** 2)
-        y = y - y.min()
-        self.weights = y * num_train_timesteps / y.sum()
+        if loss_weighting == "diffsynth":
+            y = torch.exp(-2 * ((self.timesteps - num_train_timesteps / 2) / num_train_timesteps) ** 2)
+            y = y - y.min()
+        elif loss_weighting == "x0":
+            y = self.sigmas.clamp_min(min_sigma) ** 2
+        else:
+            y = torch.ones_like(self.sigmas)
+        self.weights = y * num_train_timesteps / y.sum()  # (T,), mean 1
 
     def sample(self, batch: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Random training levels: (σ (B,), t (B,), loss weight (B,)) on the CPU."""
@@ -49,14 +76,19 @@ class FlowMatching:
         s = sigma.to(x0).view(-1, *([1] * (x0.dim() - 1)))
         return (1 - s) * x0 + s * noise
 
+    def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network output as a velocity at timesteps t (B,) in [0, num_train_timesteps]."""
+        if self.prediction == "velocity":
+            return pred
+        sigma = (t.to(x_t.dtype) / self.num_train_timesteps).clamp_min(self.min_sigma)
+        return (x_t - pred) / sigma.view(-1, *([1] * (x_t.dim() - 1)))
+
     @staticmethod
     def target(x0: Tensor, noise: Tensor) -> Tensor:
         """Velocity target ε - x_0."""
         return noise - x0
 
     def loss(self, pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        """Per-sample MSE, weighted by w(t) when loss_weighting='diffsynth', averaged over the batch."""
+        """Per-sample MSE weighted by w(t) (see the class docstring), averaged over the batch."""
         mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
-        if self.loss_weighting == "diffsynth":
-            mse = mse * weight.to(mse)
-        return mse.mean()
+        return (mse * weight.to(mse)).mean()

@@ -1,4 +1,4 @@
-"""Callbacks: mp4 writer for `predict`, sample videos in TensorBoard at validation."""
+"""Callbacks: mp4 writer for `predict`, sample videos and procedural sample metrics at validation."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+
+from ultragen.data.procedural import Mode, procedural_prompts
+from ultragen.eval.figures import frame_strip, save_png
+from ultragen.eval.objects import score_samples
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,21 @@ class VideoWriter(BasePredictionWriter):
             log.info("wrote %s", path)
 
 
+def generate_with_steps(pl_module, prompts: list[str], seeds: list[int], steps: int | None) -> Tensor:
+    """pl_module.generate with the sampler's step count temporarily set to `steps` (None keeps it)."""
+    sampling, default = pl_module.sampling, pl_module.sampling.steps
+    sampling.steps = steps or default
+    try:
+        return pl_module.generate(prompts, seeds)
+    finally:
+        sampling.steps = default
+
+
+def tensorboard_writers(trainer: L.Trainer) -> list:
+    """SummaryWriters of the trainer's TensorBoard loggers."""
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
 class SampleVideos(L.Callback):
     """At the end of validation, samples `prompts` and logs them as TensorBoard videos."""
 
@@ -56,12 +75,60 @@ class SampleVideos(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:
             return
-        sampling, steps = pl_module.sampling, pl_module.sampling.steps
-        sampling.steps = self.steps or steps
-        try:
-            videos = pl_module.generate(self.prompts, [self.seed + i for i in range(len(self.prompts))])
-        finally:
-            sampling.steps = steps
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_video("samples", videos.permute(0, 2, 1, 3, 4), trainer.global_step, fps=sampling.fps)
+        seeds = [self.seed + i for i in range(len(self.prompts))]
+        videos = generate_with_steps(pl_module, self.prompts, seeds, self.steps)
+        for writer in tensorboard_writers(trainer):
+            writer.add_video("samples", videos.permute(0, 2, 1, 3, 4), trainer.global_step, fps=pl_module.sampling.fps)
+
+
+class ProceduralMetrics(L.Callback):
+    """At the end of validation, samples held-out procedural prompts and scores them against their ground truth.
+
+    Scenes `0..num_videos-1` of the procedural set `seed` (one the training data does not use) are generated at
+    the module's sampling size with seeds 0..num_videos-1, then scored by `ultragen.eval.score_samples`: colour and
+    direction accuracy, count and trajectory error, logged as `samples/*`. The frame strip goes to TensorBoard
+    (`samples/strip`) and, when `strip` is set, to that PNG; `last` holds the latest metrics.
+    """
+
+    def __init__(
+        self,
+        num_videos: int = 16,
+        seed: int = 1000,
+        counts: list[int] | None = None,
+        mode: Mode = "objects",
+        steps: int | None = None,
+        every_n_epochs: int = 1,
+        strip: str | None = None,
+    ):
+        if num_videos < 1:
+            raise ValueError(f"num_videos={num_videos} must be >= 1")
+        self.scenes = procedural_prompts(num_videos, seed, tuple(counts or (1,)), mode)
+        self.steps, self.every_n_epochs, self.strip = steps, every_n_epochs, strip
+        self.last: dict[str, float] = {}
+
+    def evaluate(self, pl_module) -> tuple[dict[str, float], Tensor]:
+        """Metrics and the sampled videos (B, 3, F, H, W) uint8 of the held-out prompts."""
+        s = pl_module.sampling
+        captions = [scene.caption() for scene in self.scenes]
+        videos = generate_with_steps(pl_module, captions, list(range(len(captions))), self.steps)
+        truths = [scene.truth(s.frames, s.height, s.width) for scene in self.scenes]
+        return score_samples(videos, truths), videos
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        metrics, videos = self.evaluate(pl_module)
+        self.last = metrics
+        for name, value in metrics.items():
+            if name != "n":
+                pl_module.log(f"samples/{name}", float(value), rank_zero_only=True)
+        strip = frame_strip(videos, [scene.caption() for scene in self.scenes])
+        for writer in tensorboard_writers(trainer):
+            writer.add_image("samples/strip", np.asarray(strip), trainer.global_step, dataformats="HWC")
+        if self.strip:
+            save_png(strip, self.strip)
+        log.info(
+            "step %d, %d held-out prompts: colour %.0f%%, direction %.0f%%, count error %.2f, trajectory error %.3f",
+            trainer.global_step, metrics["n"], 100 * metrics["color_correct"], 100 * metrics["direction_correct"],
+            metrics["count_error"], metrics["trajectory_error"],
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -62,8 +63,10 @@ class VideoDiffusionModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         flow_shift: float = 5.0,
-        loss_weighting: Literal["none", "diffsynth"] = "diffsynth",
+        loss_weighting: Literal["none", "diffsynth", "x0"] = "diffsynth",
+        prediction: Literal["velocity", "x0"] = "velocity",
         text_dropout: float = 0.1,
+        text_cache_size: int = 0,
         trainable: Literal["all", "strategy", "lora"] = "all",
         lora_rank: int = 64,
         lora_alpha: float | None = None,
@@ -81,12 +84,15 @@ class VideoDiffusionModule(L.LightningModule):
             from ultragen.checkpoints import load_dit_weights
 
             load_dit_weights(self.net, net_weights, format=net_weights_format, strict=net_weights_strict)
-        self.flow = FlowMatching(shift=flow_shift, loss_weighting=loss_weighting)
+        self.flow = FlowMatching(shift=flow_shift, loss_weighting=loss_weighting, prediction=prediction)
         self.sampling = sampling or SamplingConfig()
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text_dropout={text_dropout} must be in [0, 1)")
         self.text_dropout = text_dropout
+        if text_cache_size < 0:
+            raise ValueError(f"text_cache_size={text_cache_size} must be >= 0 (0 disables the cache)")
+        self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
         self._select_trainable(trainable, lora_rank, lora_alpha, lora_targets or ["q", "k", "v", "o", "ffn.0", "ffn.2"])
         self._batch_start = 0.0
 
@@ -140,8 +146,20 @@ class VideoDiffusionModule(L.LightningModule):
     # --------------------------------------------------------------- encoding
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> Tensor:
-        """(B, L, text_dim) zero-padded token states."""
-        return self.text_encoder(list(prompts)).to(self.device, torch.float32)
+        """(B, L, text_dim) zero-padded token states; the last `text_cache_size` distinct prompts are memoised
+        (the encoder is frozen), which pays off when captions repeat, as in procedural data sets."""
+        size = self.hparams.text_cache_size
+        if size == 0:
+            return self.text_encoder(list(prompts)).to(self.device, torch.float32)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            self._text_cache.update(zip(missing, self.text_encoder(missing).to(self.device, torch.float32)))
+        for p in prompts:
+            self._text_cache.move_to_end(p)
+        states = torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
+        while len(self._text_cache) > size:
+            self._text_cache.popitem(last=False)
+        return states
 
     @torch.no_grad()
     def encode_batch(self, batch: dict, dropout: bool) -> tuple[Tensor, Tensor]:
@@ -161,11 +179,15 @@ class VideoDiffusionModule(L.LightningModule):
         return latents, text
 
     # ------------------------------------------------------------------- loss
+    def velocity(self, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        """The DiT's output at (x_t, t) as a velocity (converted from x_0 when `prediction: x0`)."""
+        return self.flow.velocity(self.net(x_t, t, context), x_t, t)
+
     def diffusion_loss(self, latents: Tensor, text: Tensor, generator: torch.Generator | None = None) -> Tensor:
         sigma, t, weight = self.flow.sample(latents.shape[0], generator=generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents) if generator else torch.randn_like(latents)
         x_t = self.flow.add_noise(latents, noise, sigma.to(latents.device))
-        pred = self.net(x_t, t.to(latents.device), text)
+        pred = self.velocity(x_t, t.to(latents.device), text)
         return self.flow.loss(pred, self.flow.target(latents, noise), weight.to(latents.device))
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -214,7 +236,7 @@ class VideoDiffusionModule(L.LightningModule):
         context = self.encode_text(prompts).to(dtype)
         negative = self.encode_text([s.negative_prompt] * len(prompts)).to(dtype) if s.guidance_scale != 1.0 else None
         sampler = EulerSampler(steps=s.steps, shift=s.shift, guidance_scale=s.guidance_scale)
-        latents = sampler.sample(self.net, noise.to(self.device, dtype), context, negative, progress=progress)
+        latents = sampler.sample(self.velocity, noise.to(self.device, dtype), context, negative, progress=progress)
         video = self.codec.decode(latents.float())
         return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 

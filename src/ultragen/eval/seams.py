@@ -1,0 +1,76 @@
+"""Window-seam score: gradient energy across window boundaries relative to the rest of the frame.
+
+Window attention splits the token plane into windows (`PlaneFit` pads or resizes it to a multiple of the window
+grid first); an artefact of that split shows as a step across the boundary pixels. With d the absolute difference
+of adjacent pixels (all channels, all frames) across rows and columns, a boundary at pixel x is the difference
+between x - 1 and x. The score pools the d of every boundary (rows and columns) against the d of every other
+position:
+
+    score = mean(d at boundaries) / (mean(d elsewhere) + 1e-6)
+
+~1 for a video without window artefacts, > 1 with seams; invariant to adding a constant to the video. The 1e-6
+(in pixel-value units) only keeps a flat video finite, where the score is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ultragen.eval.objects import Video, frames_layout
+from ultragen.models.attention.base import VideoGrid
+from ultragen.models.attention.window import PAD_POLICIES, PadPolicy, PlaneFit, check_choice, window_schedule
+
+EPS = 1e-6
+
+
+def window_boundaries(length: int, windows: int, pad: PadPolicy = "replicate") -> list[int]:
+    """Token positions inside [1, length) where a new window starts, windows fitted as `PlaneFit.plan` does."""
+    check_choice("pad", pad, PAD_POLICIES)
+    if length < 1 or windows < 1:
+        raise ValueError(f"length={length} and windows={windows} must be positive")
+    fit = PlaneFit.plan(VideoGrid(1, length, 1), (windows, 1), pad, what="window count")
+    size = fit.work.h // windows
+    starts = {k * size for k in range(1, windows)}
+    if fit.resamples:  # `interpolate`: edges of the resized plane's windows, mapped back and rounded to a token
+        starts = {math.floor(b * length / fit.work.h + 0.5) for b in starts}
+    return sorted(b for b in starts if 0 < b < length)
+
+
+def seam_boundaries(
+    grid_h: int,
+    grid_w: int,
+    window_grids: Sequence[Sequence[int]],
+    pixels_per_token: tuple[int, int],
+    pad: PadPolicy = "replicate",
+) -> tuple[list[int], list[int]]:
+    """Pixel rows and columns where a window of any (rows, cols) grid of the schedule starts, for a token plane."""
+    grids = window_schedule("window_grids", window_grids, 2)
+    py, px = pixels_per_token
+    rows = {b * py for nh, _ in grids for b in window_boundaries(grid_h, nh, pad)}
+    cols = {b * px for _, nw in grids for b in window_boundaries(grid_w, nw, pad)}
+    return sorted(rows), sorted(cols)
+
+
+def seam_score(video: Video, rows: Sequence[int], cols: Sequence[int]) -> float:
+    """Mean |pixel step| across the boundary rows/cols over the mean elsewhere, for (F, H, W, C) or (C, F, H, W)."""
+    frames = frames_layout(video)
+    _, h, w, _ = frames.shape
+    for name, bounds, size in (("rows", rows, h), ("cols", cols, w)):
+        if any(not 0 < b < size for b in bounds):
+            raise ValueError(f"{name}={list(bounds)} must lie in [1, {size - 1}] for a frame of {h}x{w}")
+    row_sum, col_sum = np.zeros(h - 1), np.zeros(w - 1)  # summed |d| per boundary position (b - 1)
+    for frame in frames:
+        x = frame.astype(np.float64)
+        row_sum += np.abs(np.diff(x, axis=0)).sum((1, 2))
+        col_sum += np.abs(np.diff(x, axis=1)).sum((0, 2))
+    r, c = np.isin(np.arange(1, h), rows), np.isin(np.arange(1, w), cols)
+    per_row, per_col = frames.shape[0] * w * frames.shape[3], frames.shape[0] * h * frames.shape[3]  # d per position
+    seam_n, rest_n = r.sum() * per_row + c.sum() * per_col, (~r).sum() * per_row + (~c).sum() * per_col
+    if seam_n == 0 or rest_n == 0:
+        raise ValueError(f"rows={list(rows)} and cols={list(cols)} leave no boundary or no interior; give both")
+    seam = (row_sum[r].sum() + col_sum[c].sum()) / seam_n
+    rest = (row_sum[~r].sum() + col_sum[~c].sum()) / rest_n
+    return float(seam / (rest + EPS))
