@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_ablation_writes_the_report_with_every_row(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr("sys.argv", ["ultragen"])
-    main(["ablate", "--quick", "--out", str(tmp_path)])
+    main(["ablate", "--quick", "--out", str(tmp_path), "--logdir", str(tmp_path / "runs")])
     assert "wrote" in capsys.readouterr().out
     report = (tmp_path / "ablation.md").read_text()
     for name in ROWS:
@@ -26,6 +26,7 @@ def test_quick_ablation_writes_the_report_with_every_row(tmp_path, monkeypatch, 
     flops = {r["row"]: float(r["attention_gflop"]) for r in rows}
     assert flops["full attention"] > flops["UltraGen (full model)"] > flops["local only"]  # the cost model per row
     assert all((tmp_path / "ablation" / f"{key}.png").is_file() for key in METRICS)
+    assert len(list((tmp_path / "runs").rglob("events.out.tfevents.*"))) == len(ROWS)  # one TensorBoard run per row
 
 
 def _result(name: str, **values: list[float]) -> RowResult:

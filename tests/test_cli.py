@@ -92,11 +92,11 @@ def test_text_cache_returns_the_encoder_states_and_encodes_each_prompt_once(monk
     first = module.encode_text(["a red circle", "a blue square", "a red circle"])
     assert seen == [["a red circle", "a blue square"]]
     torch.testing.assert_close(first, encoder(["a red circle", "a blue square", "a red circle"]))
-    module.encode_text(["a blue square"])
-    assert len(seen) == 1  # cached
-    module.encode_text(["a green ring"])  # evicts the least recently used prompt ("a red circle")
-    module.encode_text(["a blue square", "a red circle"])
-    assert seen[1:] == [["a green ring"], ["a red circle"]]
+    module.encode_text(["a red circle"])
+    assert len(seen) == 1  # cached, and now the most recently used
+    module.encode_text(["a green ring"])  # evicts the least recently used prompt ("a blue square")
+    module.encode_text(["a red circle", "a blue square"])
+    assert seen[1:] == [["a green ring"], ["a blue square"]]
 
 
 def test_procedural_metrics_are_logged_with_a_frame_strip(tmp_path):

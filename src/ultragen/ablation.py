@@ -88,7 +88,7 @@ def local_window_grids(base: str) -> list[list[int]]:
     return spec["local_windows"]
 
 
-def train_row(files: tuple[str, ...], base: str, steps: int, seed: int, out: Path, name: str):
+def train_row(files: tuple[str, ...], base: str, steps: int, seed: int, logdir: Path, name: str):
     """Fit one row through the real CLI; returns the trained module and the fit wall time."""
     from ultragen.lit.cli import UltraGenCLI
 
@@ -99,7 +99,7 @@ def train_row(files: tuple[str, ...], base: str, steps: int, seed: int, out: Pat
         "--model.net.init_args.full_attention_layers=[]",
         f"--trainer.max_steps={steps}",
         f"--seed_everything={seed}",
-        f"--trainer.logger.init_args.save_dir={out / 'runs'}",
+        f"--trainer.logger.init_args.save_dir={logdir}",
         f"--trainer.logger.init_args.name={slug(name)}",
         f"--trainer.logger.init_args.version=seed{seed}",
     ]
@@ -127,7 +127,7 @@ def evaluate_row(model, scorer: ProceduralMetrics, window_grids: list[list[int]]
     grid = model.net.token_grid(t, h, w)
     pixels = (model.codec.spatial_factor * model.net.patch_size[1], model.codec.spatial_factor * model.net.patch_size[2])
     rows, cols = seam_boundaries(grid.h, grid.w, window_grids, pixels, pad="replicate")
-    metrics["seam_score"] = float(np.mean([seam_score(v, rows, cols) for v in videos]))
+    metrics["seam_score"] = float(np.mean([seam_score(v, rows, cols, pixels) for v in videos]))
     metrics["val_loss"] = held_out_loss(model, scorer)
     return metrics, videos
 
@@ -231,7 +231,8 @@ def write_report(results: dict[str, RowResult], out: Path, settings: dict) -> Pa
         "shape drifting in a prompted direction, 5x80x80 frames, token grid 2x20x20; local windows of 5x5 (even layers) and 4x4 (odd) tokens.",
         "- Metrics (`ultragen.eval`): colour and direction accuracy against the caption, |object count - 1| "
         "(duplicates), centroid trajectory error (fraction of the frame), seam score (gradient energy across the "
-        "full model's local window boundaries relative to the interior; 1 = no seams) and the flow-matching loss "
+        "full model's local window boundaries relative to the other token edges, since the pixel codec decodes "
+        "each token separately; 1 = no seams) and the flow-matching loss "
         "on the held-out clips at fixed noise. With more than one seed, ± is half the range over seeds.",
         f"- Wall time: {settings['wall_min']:.1f} min on {settings['device']}.",
         "",
@@ -261,8 +262,9 @@ def write_report(results: dict[str, RowResult], out: Path, settings: dict) -> Pa
 #################################################################################
 
 
-def run(rows: list[str], base: str, steps: int, seeds: list[int], videos: int, sampling_steps: int, out: Path) -> dict[str, RowResult]:
-    """Train, sample and score every row for every seed."""
+def run(rows: list[str], base: str, steps: int, seeds: list[int], videos: int, sampling_steps: int,
+        logdir: Path) -> dict[str, RowResult]:
+    """Train, sample and score every row for every seed (TensorBoard runs under logdir/<row>/seed<k>)."""
     window_grids = local_window_grids(base)
     scorer = ProceduralMetrics(num_videos=videos, seed=1000, mode="global", steps=sampling_steps)
     results: dict[str, RowResult] = {}
@@ -270,7 +272,7 @@ def run(rows: list[str], base: str, steps: int, seeds: list[int], videos: int, s
         result = results[name] = RowResult(name)
         for seed in seeds:
             log.info("ablation row %d/%d %r, seed %d: %d steps", i, len(rows), name, seed, steps)
-            model, seconds = train_row(ROWS[name], base, steps, seed, out, name)
+            model, seconds = train_row(ROWS[name], base, steps, seed, logdir, name)
             metrics, sampled = evaluate_row(model, scorer, window_grids)
             for key in METRICS:
                 result.values.setdefault(key, []).append(metrics[key])
@@ -294,6 +296,8 @@ def main(argv: list[str]) -> str:
     parser.add_argument("--videos", type=int, default=16, help="held-out prompts sampled per row (default 16)")
     parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps per sample (default 20)")
     parser.add_argument("--out", default="docs", help="report folder: OUT/ablation.md, OUT/ablation/ (default docs)")
+    parser.add_argument("--logdir", default="runs/ablation", help="TensorBoard runs, one per row and seed "
+                        "(default runs/ablation)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 8 steps, one seed, 2 prompts, 4 sampling steps (numbers meaningless; under a minute)")
     args = parser.parse_args(argv)
@@ -308,7 +312,7 @@ def main(argv: list[str]) -> str:
             parser.error(f"{name} {value} must be >= 1")
     out = Path(args.out)
     start = time.perf_counter()
-    results = run(args.rows, args.base, args.steps, args.seeds, args.videos, args.sampling_steps, out)
+    results = run(args.rows, args.base, args.steps, args.seeds, args.videos, args.sampling_steps, Path(args.logdir))
     settings = {
         "command": shlex.join(["ultragen", "ablate", *argv]),
         "steps": args.steps,

@@ -124,3 +124,14 @@ def test_rows_and_columns_are_pooled():
     x = np.arange(8, dtype=np.float64) + 7 * (np.arange(8) >= 4)
     video = np.broadcast_to(x[None, None, :, None], (1, 8, 8, 3))
     assert seam_score(video, [4], [4]) == pytest.approx(8.0, rel=1e-5)
+
+
+def test_token_edges_are_the_reference_when_tokens_are_decoded_separately():
+    video = blocky(gradient_video(), 8)  # a step at every 8-pixel token edge (a patch-wise decoder), none elsewhere
+    rows = cols = [16, 32]  # window boundaries, also token edges
+    assert seam_score(video, rows, cols) > 5  # against every position, the patch grid looks like seams
+    assert seam_score(video, rows, cols, token_pixels=(8, 8)) == pytest.approx(1.0, rel=1e-6)
+    video[:, :, 16:] += 100  # a window-boundary step on top of the patch grid
+    assert seam_score(video, rows, cols, token_pixels=(8, 8)) > 1.2
+    with pytest.raises(ValueError, match="multiples of token_pixels"):
+        seam_score(video, [], [12], token_pixels=(8, 8))

@@ -6,7 +6,12 @@ of adjacent pixels (all channels, all frames) across rows and columns, a boundar
 between x - 1 and x. The score pools the d of every boundary (rows and columns) against the d of every other
 position:
 
-    score = mean(d at boundaries) / (mean(d elsewhere) + 1e-6)
+    score = mean(d at boundaries) / (mean(d at the reference positions) + 1e-6)
+
+The reference positions are every other position by default. A codec that decodes each token separately (the
+parameter-free `PixelCodec`, or any patch-wise decoder) leaves a step at every token edge, and window edges are
+token edges, so pass `token_pixels` (pixels per token, rows and columns): the reference is then the token edges
+that are not window boundaries, and the score isolates what the windows add to the patch grid.
 
 ~1 for a video without window artefacts, > 1 with seams; invariant to adding a constant to the video. The 1e-6
 (in pixel-value units) only keeps a flat video finite, where the score is 0.
@@ -54,23 +59,31 @@ def seam_boundaries(
     return sorted(rows), sorted(cols)
 
 
-def seam_score(video: Video, rows: Sequence[int], cols: Sequence[int]) -> float:
-    """Mean |pixel step| across the boundary rows/cols over the mean elsewhere, for (F, H, W, C) or (C, F, H, W)."""
+def seam_score(
+    video: Video, rows: Sequence[int], cols: Sequence[int], token_pixels: tuple[int, int] = (1, 1)
+) -> float:
+    """Mean |pixel step| across the boundary rows/cols over the mean at the other token edges (every other
+    position with the default `token_pixels` (1, 1)), for (F, H, W, C) or (C, F, H, W) video."""
     frames = frames_layout(video)
     _, h, w, _ = frames.shape
     for name, bounds, size in (("rows", rows, h), ("cols", cols, w)):
         if any(not 0 < b < size for b in bounds):
             raise ValueError(f"{name}={list(bounds)} must lie in [1, {size - 1}] for a frame of {h}x{w}")
+    py, px = token_pixels
+    if py < 1 or px < 1 or any(b % py for b in rows) or any(b % px for b in cols):
+        raise ValueError(f"boundaries rows={list(rows)} cols={list(cols)} must be multiples of token_pixels="
+                         f"{token_pixels} (positive); give boundaries in pixels on the token grid")
     row_sum, col_sum = np.zeros(h - 1), np.zeros(w - 1)  # summed |d| per boundary position (b - 1)
     for frame in frames:
         x = frame.astype(np.float64)
         row_sum += np.abs(np.diff(x, axis=0)).sum((1, 2))
         col_sum += np.abs(np.diff(x, axis=1)).sum((0, 2))
     r, c = np.isin(np.arange(1, h), rows), np.isin(np.arange(1, w), cols)
+    r_ref, c_ref = ~r & (np.arange(1, h) % py == 0), ~c & (np.arange(1, w) % px == 0)  # reference positions
     per_row, per_col = frames.shape[0] * w * frames.shape[3], frames.shape[0] * h * frames.shape[3]  # d per position
-    seam_n, rest_n = r.sum() * per_row + c.sum() * per_col, (~r).sum() * per_row + (~c).sum() * per_col
+    seam_n, rest_n = r.sum() * per_row + c.sum() * per_col, r_ref.sum() * per_row + c_ref.sum() * per_col
     if seam_n == 0 or rest_n == 0:
-        raise ValueError(f"rows={list(rows)} and cols={list(cols)} leave no boundary or no interior; give both")
+        raise ValueError(f"rows={list(rows)} and cols={list(cols)} leave no boundary or no reference position; give both")
     seam = (row_sum[r].sum() + col_sum[c].sum()) / seam_n
-    rest = (row_sum[~r].sum() + col_sum[~c].sum()) / rest_n
+    rest = (row_sum[r_ref].sum() + col_sum[c_ref].sum()) / rest_n
     return float(seam / (rest + EPS))
