@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ultragen.data.buckets import Bucket
+from ultragen.data.buckets import Bucket, TokenBudget
 from ultragen.data.datamodule import VideoShardDataModule
 from ultragen.data.demo import real_clip_dir
 from ultragen.data.shards import VideoItem, build_shards, expand_shards, read_samples
@@ -39,8 +39,9 @@ def raw_decode(clips: list[bytes], passes: int) -> tuple[int, float]:
 
 def datamodule(shards: Path, bucket: Bucket, batches: int, workers: int) -> tuple[int, float, float]:
     """Frames delivered after the first batch, their seconds, and the start-up seconds to the first batch."""
+    clip_tokens = TokenBudget(1).tokens(bucket)  # one clip per batch (the DataModule's default codec factors)
     dm = VideoShardDataModule(
-        str(shards), [bucket], tokens_per_batch=1, batches_per_epoch=batches + 1, num_workers=workers
+        str(shards), [bucket], tokens_per_batch=clip_tokens, batches_per_epoch=batches + 1, num_workers=workers
     )
     start = time.perf_counter()
     loader = iter(dm.train_dataloader())

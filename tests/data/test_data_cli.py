@@ -74,7 +74,8 @@ def test_build_and_encode_commands(tmp_path, capsys):
     main(["data", "encode", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "latents"),
           "--codec", "ultragen.codecs.PixelCodec", "--text-encoder", '{"class_path": "ultragen.text.NullTextEncoder"}'])
     assert "encode: 2 samples into 1 shards" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"frames=8 must be 4k\+1"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["data", "build", "--videos", str(videos), "--out", str(tmp_path / "x"), "--frames", "8", "--size", "144x176"])
+    assert exit_info.value.code == 2 and r"--frames: frames=8 must be 4k+1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no clips written"):
         main(["data", "build", "--videos", str(videos), "--out", str(tmp_path / "y"), "--frames", "401", "--size", "144x176"])

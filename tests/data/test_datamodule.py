@@ -17,6 +17,7 @@ from ultragen.data.video import decode_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKETS = [Bucket(112, 256, 9), Bucket(128, 224, 9), Bucket(144, 176, 9)]
+ONE_CLIP = 336  # tokens of the largest bucket: batches of one clip
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_corrupt_truncated_and_pickled_samples_are_skipped_never_unpickled(shard
         writer.write({"__key__": "truncated", "mp4": good[1]["mp4"][: len(good[1]["mp4"]) // 2], "json": good[1]["json"]})
         writer.write({"__key__": "evil", "mp4": good[2]["mp4"], "json": good[2]["json"], "pyd": pickle.dumps(Exploit())})
         writer.write({"__key__": "badjson", "mp4": good[2]["mp4"], "json": b"{not json"})
-    dm = shard_module(shards, val_shards=str(bad), tokens_per_batch=1)
+    dm = shard_module(shards, val_shards=str(bad), tokens_per_batch=ONE_CLIP)
     batches = list(dm.val_dataloader())
     assert [k for b in batches for k in b["key"]] == [good[0]["__key__"]]
     assert sum(int(dm.on_before_batch_transfer(b, 0)["skipped"]) for b in batches) == 3 == dm.skipped
@@ -88,7 +89,7 @@ def test_truncated_shard_file_is_skipped(shards, tmp_path):
     (tmp_path / "a.tar").write_bytes(Path(urls[0]).read_bytes())
     data = Path(urls[1]).read_bytes()
     (tmp_path / "b.tar").write_bytes(data[: len(data) // 2])
-    batches = list(shard_module(shards, val_shards=str(tmp_path), tokens_per_batch=1).val_dataloader())
+    batches = list(shard_module(shards, val_shards=str(tmp_path), tokens_per_batch=ONE_CLIP).val_dataloader())
     assert len(batches) == 1 and sum(int(b["skipped"]) for b in batches) == 1
 
 
@@ -103,7 +104,7 @@ def test_two_ranks_two_workers_get_disjoint_shards_and_equal_batches(shards, mon
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in range(2):
         monkeypatch.setenv("RANK", str(rank))
-        loader = shard_module(shards, tokens_per_batch=1, batches_per_epoch=5, num_workers=2).train_dataloader()
+        loader = shard_module(shards, tokens_per_batch=ONE_CLIP, batches_per_epoch=5, num_workers=2).train_dataloader()
         batches = list(loader)
         assert len(batches) == len(loader) == 5
         seen[rank] = {owner[k] for b in batches for k in b["key"]}
@@ -123,11 +124,12 @@ def test_every_batch_is_one_bucket_within_budget(shards):
 
 
 def test_fps_sampling_and_explicit_resize(shards):
-    dm = shard_module(shards, buckets=[Bucket(64, 128, 5)], tokens_per_batch=1, fps=4.0, resize=True, batches_per_epoch=2)
+    dm = shard_module(shards, buckets=[Bucket(64, 128, 5)], tokens_per_batch=64, fps=4.0, resize=True, batches_per_epoch=2)
     for batch in dm.train_dataloader():
         assert batch["video"].shape == (1, 3, 5, 64, 128)
-    strict = shard_module(shards, val_shards=str(shards), buckets=[Bucket(256, 256, 9)], tokens_per_batch=1)
-    assert list(strict.val_dataloader()) == []  # no bucket fits without resize: every sample skipped
+    strict = shard_module(shards, val_shards=str(shards), buckets=[Bucket(256, 256, 9)], tokens_per_batch=768)
+    with pytest.raises(RuntimeError, match=r"yielded no batch; skipped 9 × plan: no bucket fits"):
+        list(strict.val_dataloader())  # no bucket fits without resize: every sample skipped, and said so
 
 
 @pytest.mark.parametrize(
@@ -169,7 +171,7 @@ def test_fit_on_shards_logs_skipped(shards, tmp_path, monkeypatch):
     data = {
         "class_path": "ultragen.data.datamodule.VideoShardDataModule",
         "init_args": {"train_shards": str(train), "buckets": [{"height": 112, "width": 256, "frames": 9}],
-                      "tokens_per_batch": 1, "spatial_factor": 4, "batches_per_epoch": 3, "num_workers": 0},
+                      "tokens_per_batch": 1344, "spatial_factor": 4, "batches_per_epoch": 3, "num_workers": 0},
     }
     main(["fit", "-c", "configs/debug/tiny.yaml", f"--data={json.dumps(data)}", "--trainer.max_steps=3",
           "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=1", "--trainer.callbacks=[]",

@@ -11,6 +11,7 @@ from ultragen.data.buckets import Bucket
 from ultragen.data.demo import real_clip_dir
 from ultragen.data.shards import (
     ShardWriter,
+    Skip,
     VideoItem,
     build_shards,
     check_members,
@@ -43,14 +44,15 @@ def test_find_videos_sidecars_and_jsonl(videos, tmp_path):
     items, skipped = find_videos(videos)
     assert [i.name for i in items] == ["broken.mkv", "carphone.mov", "street/bikes.mp4"]
     assert items[2].caption == "cyclists and taxis at dusk"
-    assert skipped == [("uncaptioned.webm", "no caption (uncaptioned.txt missing or empty, no captions.jsonl)")]
+    reason = "uncaptioned.txt missing or empty, no captions.jsonl"
+    assert skipped == [Skip("uncaptioned.webm", "captions", "no caption", reason)]
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"path": "uncaptioned.webm", "caption": "a rabbit"}) + "\n")
     items, skipped = find_videos(videos, captions)
-    assert [(i.name, i.caption) for i in items] == [("uncaptioned.webm", "a rabbit")] and not skipped
-    captions.write_text('{"file": "x.mp4"}\n')
-    with pytest.raises(ValueError, match=r"captions.jsonl:1: each line must be an object with 'path' and 'caption'"):
-        find_videos(videos, captions)
+    assert [(i.name, i.caption) for i in items] == [("uncaptioned.webm", "a rabbit")]
+    assert [(s.source, s.reason) for s in skipped] == [
+        (name, "no caption") for name in ["broken.mkv", "carphone.mov", "street/bikes.mp4"]
+    ]
 
 
 def test_build_real_clips_is_deterministic_and_lists_skips(videos, tmp_path):
@@ -59,7 +61,7 @@ def test_build_real_clips_is_deterministic_and_lists_skips(videos, tmp_path):
     report = build_shards(items, tmp_path / "a", **kwargs)
     again = build_shards(items, tmp_path / "b", **kwargs)
     assert report.videos == 2 and report.clips == 4 and [n for _, n in report.shards] == [3, 1]
-    assert [name for name, _ in report.skipped] == ["broken.mkv"] and "unreadable" in report.skipped[0][1]
+    assert [(s.source, s.stage, s.reason) for s in report.skipped] == [("broken.mkv", "decode", "unreadable")]
     for (a, _), (b, _) in zip(report.shards, again.shards):
         assert a.read_bytes() == b.read_bytes()
     assert not list((tmp_path / "a").glob("*.tmp"))
@@ -95,7 +97,7 @@ def test_too_short_videos_are_skipped(tmp_path):
     short = tmp_path / "short.mp4"
     short.write_bytes(encode_h264(np.zeros((4, 64, 64, 3), np.uint8), fps=8))
     report = build_shards([VideoItem(short, "dark", "short.mp4")], tmp_path / "out", [Bucket(64, 64, 9)], progress=False)
-    assert report.clips == 0 and report.skipped == [("short.mp4", "too short: fewer than 9 frames")]
+    assert report.clips == 0 and report.skipped == [Skip("short.mp4", "cut", "too short", "fewer than 9 frames")]
 
 
 def test_existing_shards_need_overwrite(tmp_path):
@@ -128,7 +130,7 @@ def test_shard_specs_and_member_checks(tmp_path):
     assert expand_shards([names[2], names[0]]) == [names[2], names[0]]
     with pytest.raises(FileNotFoundError, match="ultragen data build"):
         expand_shards(str(tmp_path / "missing-*.tar"))
-    with pytest.raises(ValueError, match=r"unknown member\(s\) \['pyd'\]"):
+    with pytest.raises(ValueError, match=r"unknown member \(\['pyd'\]"):
         check_members({"__key__": "a", "mp4": b"", "pyd": b""})
     assert sample_meta({"__key__": "a", "txt": b" a caption \n"}) == {"caption": "a caption"}
     with pytest.raises(ValueError, match="no caption"):

@@ -6,6 +6,7 @@ import itertools
 import logging
 import math
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Literal
@@ -19,7 +20,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from ultragen.data.buckets import Bucket, TokenBudget, bucket_batches, nearest_bucket
-from ultragen.data.shards import SkipCounter, expand_shards, read_samples, sample_meta
+from ultragen.data.shards import (
+    Skip,
+    SkipCounter,
+    SkipError,
+    expand_shards,
+    read_samples,
+    sample_meta,
+    sample_source,
+)
 from ultragen.data.video import cover_size, decode_frames, frame_indices, frame_step, max_frames, probe
 
 logger = logging.getLogger(__name__)
@@ -115,7 +124,7 @@ class ShardStream(IterableDataset):
             wds.map(partial(self.plan, rng=rng, skips=skips), handler=skips),
             partial(bucket_batches, budget=self.budget, partial=self.batches is None),
             wds.map(partial(self.materialize, skips=skips)),
-            partial(self._count_skips, skips=skips),
+            partial(self._count_skips, skips=skips, urls=urls),
         ]
         pipeline = wds.DataPipeline(*stages)
         share = None if self.batches is None else worker_share(self.batches, worker, num_workers)
@@ -134,13 +143,24 @@ class ShardStream(IterableDataset):
             if self.batches is None:
                 return
             if count == 0:
-                raise RuntimeError(f"shards {order} hold no readable samples")
+                raise RuntimeError(f"shards {order} hold no readable samples ({skips.summary()})")
 
     def plan(self, sample: dict, rng: random.Random | None, skips: SkipCounter) -> dict:
-        """Parse metadata and pick the bucket, frame indices and crop (cheap); raw bytes stay undecoded."""
+        """Parse metadata and pick the bucket, frame indices and crop (cheap); raw bytes stay undecoded.
+
+        Raises SkipError naming the shard, the key, the stage ("parse" or "plan") and the reason.
+        """
+        try:
+            return self._plan(sample, rng, skips)
+        except SkipError:
+            raise
+        except (av.FFmpegError, ValueError, OSError) as exn:
+            raise SkipError(Skip(sample_source(sample), "plan", "unreadable", f"{type(exn).__name__}: {exn}")) from exn
+
+    def _plan(self, sample: dict, rng: random.Random | None, skips: SkipCounter) -> dict:
         meta = sample_meta(sample)
         key = sample["__key__"]
-        out = {"key": key, "caption": meta["caption"]}
+        out = {"key": key, "caption": meta["caption"], "source": sample_source(sample)}
         if self.use_precomputed and all(ext in sample for ext in PRECOMPUTED):
             latents = load_tensor(sample["latents.safetensors"], "latents")  # (C, T, h, w)
             text = load_tensor(sample["text.safetensors"], "text")  # (L, D)
@@ -160,7 +180,10 @@ class ShardStream(IterableDataset):
             meta = {"frames": info.frames, "fps": info.fps, "height": info.height, "width": info.width} | meta
         frames, height, width = int(meta["frames"]), int(meta["height"]), int(meta["width"])
         step = frame_step(float(meta["fps"]), self.fps, self.frame_stride)
-        bucket = nearest_bucket(self.buckets, height, width, max_frames(frames, step), fit=not self.resize)
+        try:
+            bucket = nearest_bucket(self.buckets, height, width, max_frames(frames, step), fit=not self.resize)
+        except ValueError as exn:
+            raise SkipError(Skip(out["source"], "plan", "no bucket fits", str(exn))) from exn
         size = cover_size(height, width, bucket.height, bucket.width) if self.resize else (height, width)
         slack = (frames - 1 - round((bucket.frames - 1) * step), size[0] - bucket.height, size[1] - bucket.width)
         if rng is not None and self.crop == "random":
@@ -194,7 +217,7 @@ class ShardStream(IterableDataset):
                     out = video[len(kept)].numpy()
                     decode_frames(s["mp4"], s["indices"], out, s["top"], s["left"], s["resize"], self.decode_threads)
                 except (av.FFmpegError, ValueError, OSError) as exn:
-                    skips(ValueError(f"sample {s['key']!r}: {exn}"))
+                    skips(SkipError(Skip(s["source"], "decode", "undecodable video", f"{type(exn).__name__}: {exn}")))
                     continue
                 skips.ok()
                 kept.append(s)
@@ -205,8 +228,9 @@ class ShardStream(IterableDataset):
         batch["key"] = [s["key"] for s in kept]
         return batch
 
-    def _count_skips(self, batches: Iterator[dict], skips: SkipCounter) -> Iterator[dict]:
-        """Attach `skipped`, the skips since the previous batch; a single pass holds one batch back to count all."""
+    def _count_skips(self, batches: Iterator[dict], skips: SkipCounter, urls: list[str]) -> Iterator[dict]:
+        """Attach `skipped`, the skips since the previous batch; a single pass holds one batch back to count all, and
+        raises with the counts per reason when it yields nothing."""
         held = None
         for batch in batches:
             if self.batches is not None:
@@ -217,6 +241,11 @@ class ShardStream(IterableDataset):
             held = batch
         if held is not None:
             yield held | {"skipped": torch.tensor(skips.take())}
+        elif self.batches is None:
+            raise RuntimeError(
+                f"one pass over {len(urls)} shard(s) ({', '.join(urls[:3])}{', ...' if len(urls) > 3 else ''}) "
+                f"yielded no batch; skipped {skips.summary()}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,8 +305,12 @@ class VideoShardDataModule(L.LightningDataModule):
             raise ValueError("buckets is empty; list at least one {height, width, frames}")
         self.budget = TokenBudget(tokens_per_batch, temporal_factor, spatial_factor, patch)
         self.buckets = [Bucket(**b) if isinstance(b, dict) else b for b in buckets]
-        for bucket in self.buckets:
-            self.budget.tokens(bucket)
+        smallest = min(self.buckets, key=self.budget.tokens)
+        if self.budget.tokens(smallest) > tokens_per_batch:
+            raise ValueError(
+                f"tokens_per_batch={tokens_per_batch} is smaller than the smallest bucket {smallest} "
+                f"({self.budget.tokens(smallest)} tokens); raise it to at least {self.budget.tokens(smallest)}"
+            )
         counts = {"batches_per_epoch": batches_per_epoch, "val_batches": val_batches, "test_batches": test_batches}
         for name, value in counts.items():
             if value is not None and value < 1:
@@ -320,6 +353,9 @@ class VideoShardDataModule(L.LightningDataModule):
         if workers < self.num_workers:
             logger.info("%d shards over %d ranks: %d of %d workers", len(urls), world_size, workers, self.num_workers)
         stream = ShardStream(urls, self.buckets, self.budget, batches, train, **self.stream_args)
+        # Lightning warns about every IterableDataset with __len__ (a length could be counted once per worker).
+        # ShardStream's is exact, `worker_share` splits it over the workers: only this message is silenced.
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined", category=UserWarning)
         return DataLoader(stream, batch_size=None, num_workers=workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -16,7 +16,16 @@ from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
 from ultragen.codecs.base import VideoCodec
-from ultragen.data.shards import SkipCounter, ShardWriter, read_samples, sample_meta, shard_bytes
+from ultragen.data.shards import (
+    ShardWriter,
+    Skip,
+    SkipCounter,
+    SkipError,
+    read_samples,
+    sample_meta,
+    sample_source,
+    shard_bytes,
+)
 from ultragen.data.video import decode_frames, probe
 from ultragen.text.base import TextEncoder
 
@@ -101,20 +110,26 @@ def encode_shards(
                     video = read_video(sample["mp4"]).unsqueeze(0).to(device)  # (1, 3, F, H, W)
                     latents = codec.encode(video)[0].to(DTYPES[dtype]).cpu().contiguous()  # (C, T, h, w)
                     text = text_encoder([meta["caption"]])[0].to(DTYPES[dtype]).cpu().contiguous()  # (L, D)
-                except (av.FFmpegError, ValueError, OSError) as exn:
+                    meta |= provenance | {"latent_shape": list(latents.shape), "text_shape": list(text.shape)}
+                    meta["dtype"] = dtype
+                    latents_bytes = save_safetensors({"latents": latents}, {"codec": provenance["codec"]})
+                    text_bytes = save_safetensors({"text": text}, {"encoder": provenance["text_encoder"]})
+                    writer.write(  # raises, writing nothing, for an unsafe key
+                        {
+                            "__key__": sample["__key__"],
+                            "json": shard_bytes(meta),
+                            "latents.safetensors": latents_bytes,
+                            "text.safetensors": text_bytes,
+                        }
+                    )
+                except SkipError as exn:
                     skips(exn)
                     continue
+                except (av.FFmpegError, ValueError, OSError) as exn:
+                    detail = f"{type(exn).__name__}: {exn}"
+                    skips(SkipError(Skip(sample_source(sample), "encode", "unreadable", detail)))
+                    continue
                 skips.ok()
-                meta |= provenance | {"latent_shape": list(latents.shape), "text_shape": list(text.shape)}
-                meta["dtype"] = dtype
-                writer.write(
-                    {
-                        "__key__": sample["__key__"],
-                        "json": shard_bytes(meta),
-                        "latents.safetensors": save_safetensors({"latents": latents}, {"codec": provenance["codec"]}),
-                        "text.safetensors": save_safetensors({"text": text}, {"encoder": provenance["text_encoder"]}),
-                    }
-                )
                 report.samples += 1
         if target.exists():
             report.shards.append(target)

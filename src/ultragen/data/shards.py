@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import re
 import tarfile
+import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import av
@@ -22,13 +25,80 @@ import webdataset as wds
 from tqdm import tqdm
 
 from ultragen.data.buckets import Bucket, nearest_bucket
-from ultragen.data.video import H264Writer, center_offset, cover_size, open_video, stream_fps, to_rgb
+from ultragen.data.video import (
+    H264Writer,
+    center_offset,
+    cover_size,
+    display_orientation,
+    open_video,
+    orient,
+    stream_fps,
+    to_rgb,
+    transposes,
+)
 
 logger = logging.getLogger(__name__)
 
 KNOWN_EXTENSIONS = frozenset({"mp4", "json", "txt", "latents.safetensors", "text.safetensors"})
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
 SHARD_MTIME = 0.0  # fixed tar member time: identical inputs give identical shard bytes
+MAX_KEY_LENGTH = 200
+MAX_CAPTION_CHARS = 2000
+
+
+# --------------------------------------------------------------------------------------------------
+# Skipped inputs and keys
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skip:
+    """One skipped input: where (a file, `captions.jsonl:LINE` or `SHARD:KEY`), the stage, a short reason (the row of
+    the count table) and the detail."""
+
+    source: str
+    stage: str
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.stage}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+class SkipError(ValueError):
+    """Raised for an input that is skipped; carries its Skip record."""
+
+    def __init__(self, skip: Skip):
+        super().__init__(str(skip))
+        self.skip = skip
+
+
+def as_skip(exn: BaseException) -> Skip:
+    """The Skip of an exception: its own record for a SkipError, else one named by the exception type."""
+    return exn.skip if isinstance(exn, SkipError) else Skip("unknown input", "read", type(exn).__name__, str(exn))
+
+
+def key_problem(key: object) -> str | None:
+    """Why a sample key is unsafe (path separators, dots, control characters, empty or too long), None when safe."""
+    if not isinstance(key, str) or not key:
+        return "empty or not a string"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"longer than {MAX_KEY_LENGTH} characters"
+    if "/" in key or "\\" in key:
+        return "contains a path separator"
+    if "." in key:
+        return "contains a dot ('..' or an extension)"
+    if any(unicodedata.category(c) == "Cc" for c in key):
+        return "contains a control character"
+    return None
+
+
+def truncate_caption(caption: str, max_chars: int = MAX_CAPTION_CHARS) -> tuple[str, bool]:
+    """The caption cut to at most max_chars at a word boundary (a hard cut for one long word); True when cut."""
+    if len(caption) <= max_chars:
+        return caption, False
+    cut = caption.rfind(" ", 0, max_chars + 1)
+    return (caption[:cut] if cut > 0 else caption[:max_chars]).rstrip(), True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -57,31 +127,42 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
     return urls
 
 
+def sample_source(sample: dict) -> str:
+    """`SHARD:KEY` of a raw sample (non-printable characters escaped)."""
+    return f"{sample.get('__url__')}:{ascii(str(sample.get('__key__')))[1:-1]}"
+
+
 def check_members(sample: dict) -> None:
     """Raise unless every member of the sample has a known extension (pickle and other formats are never read)."""
     unknown = sorted(k for k in sample if not k.startswith("__") and k not in KNOWN_EXTENSIONS)
     if unknown:
-        raise ValueError(
-            f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has unknown member(s) {unknown}; "
-            f"only {sorted(KNOWN_EXTENSIONS)} are read"
-        )
+        detail = f"{unknown}; only {sorted(KNOWN_EXTENSIONS)} are read"
+        raise SkipError(Skip(sample_source(sample), "parse", "unknown member", detail))
 
 
 def sample_meta(sample: dict) -> dict:
     """The sample's json metadata with a str caption (from the json, else from KEY.txt)."""
     check_members(sample)
-    meta = json.loads(sample["json"]) if "json" in sample else {}
+    source = sample_source(sample)
+    try:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exn:
+        raise SkipError(Skip(source, "parse", "bad json", str(exn))) from exn
     if not isinstance(meta, dict):
-        raise ValueError(f"sample {sample['__key__']!r}: json must be an object, got {type(meta).__name__}")
+        raise SkipError(Skip(source, "parse", "bad json", f"must be an object, got {type(meta).__name__}"))
     if "caption" not in meta:
         if "txt" not in sample:
-            raise ValueError(f"sample {sample['__key__']!r} has no caption (json 'caption' or KEY.txt)")
-        meta["caption"] = bytes(sample["txt"]).decode("utf-8").strip()
+            raise SkipError(Skip(source, "parse", "no caption", "no json 'caption' and no KEY.txt"))
+        try:
+            meta["caption"] = bytes(sample["txt"]).decode("utf-8").strip()
+        except UnicodeDecodeError as exn:
+            raise SkipError(Skip(source, "parse", "bad caption", f"KEY.txt is not utf-8: {exn}")) from exn
     return meta
 
 
 class SkipCounter:
-    """A webdataset exception handler that counts and logs skipped samples; raises after too many in a row."""
+    """A webdataset exception handler that counts skipped samples per reason and logs them; raises after too many
+    in a row."""
 
     def __init__(self, max_consecutive: int = 1000, warn_first: int = 10):
         self.max_consecutive = max_consecutive
@@ -89,15 +170,20 @@ class SkipCounter:
         self.total = 0
         self.pending = 0
         self.consecutive = 0
+        self.reasons: Counter[str] = Counter()
 
     def __call__(self, exn: BaseException) -> bool:
+        skip = as_skip(exn)
         self.total += 1
         self.pending += 1
         self.consecutive += 1
+        self.reasons[f"{skip.stage}: {skip.reason}"] += 1
         if self.total <= self.warn_first or self.total % 100 == 0:
-            logger.warning("skipped sample #%d: %s: %s", self.total, type(exn).__name__, exn)
+            logger.warning("skipped sample #%d: %s", self.total, skip)
         if self.consecutive > self.max_consecutive:
-            raise RuntimeError(f"{self.consecutive} samples in a row were unreadable; check the shards") from exn
+            raise RuntimeError(
+                f"{self.consecutive} samples in a row were unreadable ({self.summary()}); check the shards"
+            ) from exn
         return True
 
     def ok(self) -> None:
@@ -108,6 +194,10 @@ class SkipCounter:
         """Skips since the last call."""
         n, self.pending = self.pending, 0
         return n
+
+    def summary(self) -> str:
+        """Counts per reason, most frequent first, e.g. '2 × parse: bad json, 1 × decode: ValueError'."""
+        return ", ".join(f"{n} × {reason}" for reason, n in self.reasons.most_common()) or "nothing skipped"
 
 
 def _open_shard(url: str):
@@ -120,6 +210,7 @@ def read_samples(urls: Iterable[str], handler=wds.reraise_exception) -> Iterator
     """Raw samples (`__key__`, `__url__`, extension -> bytes) of the shards in order; nothing is decoded.
 
     A shard that fails part-way (truncated, unreadable) makes one handler call and loses only its unfinished sample.
+    A sample with an unsafe key (see `key_problem`) makes one handler call and is not yielded.
     """
     for url in urls:
         sample = None
@@ -130,17 +221,30 @@ def read_samples(urls: Iterable[str], handler=wds.reraise_exception) -> Iterator
                     if key is None:
                         continue
                     if sample is not None and key != sample["__key__"]:
-                        yield sample
+                        if _safe(sample, handler):
+                            yield sample
                         sample = None
                     sample = sample or {"__key__": key, "__url__": url}
                     if ext.lower() in sample:
-                        raise ValueError(f"duplicate member {member['fname']} in {url}")
+                        raise ValueError(f"duplicate member {member['fname']}")
                     sample[ext.lower()] = member["data"]
-            if sample is not None:
+            if sample is not None and _safe(sample, handler):
                 yield sample
+        except SkipError:
+            raise  # the handler re-raised a sample's error
         except (OSError, tarfile.TarError, ValueError) as exn:
-            if not handler(ValueError(f"shard {url}: {type(exn).__name__}: {exn}")):
+            if not handler(SkipError(Skip(url, "read", "unreadable shard", f"{type(exn).__name__}: {exn}"))):
                 raise
+
+
+def _safe(sample: dict, handler) -> bool:
+    """True for a safe key; otherwise one handler call (which may raise) and False."""
+    problem = key_problem(sample["__key__"])
+    if problem is None:
+        return True
+    if not handler(SkipError(Skip(sample_source(sample), "read", "unsafe key", problem))):
+        raise SkipError(Skip(sample_source(sample), "read", "unsafe key", problem))
+    return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,7 +281,14 @@ class ShardWriter:
         return self.out_dir / f"{self.prefix}-{len(self.shards):06d}.tar"
 
     def write(self, sample: dict[str, bytes]) -> None:
-        """Write one sample: {"__key__": key, ext: bytes, ...}."""
+        """Write one sample: {"__key__": key, ext: bytes, ...}; raises SkipError, writing nothing, for an unsafe key
+        or extension."""
+        key = sample.get("__key__")
+        problem = key_problem(key)
+        bad_ext = [e for e in sample if not e.startswith("__") and not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)*", e)]
+        if problem is not None or bad_ext:
+            detail = problem if problem is not None else f"extension(s) {bad_ext} must be lowercase [a-z0-9_.]"
+            raise SkipError(Skip(ascii(str(key))[1:-1], "write", "unsafe key", detail))
         if self._tar is None:
             self._file = open(self._path().with_suffix(".tar.tmp"), "wb")
             self._tar = wds.TarWriter(self._file, encoder=False, mtime=SHARD_MTIME)
@@ -233,52 +344,115 @@ class VideoItem:
     caption: str
     name: str
     meta: dict = field(default_factory=dict)
+    caption_truncated: bool = False
 
 
 @dataclass
 class BuildReport:
-    """What a build wrote and what it skipped (name, reason)."""
+    """What a build wrote, what it skipped and how many captions it truncated."""
 
     videos: int = 0
     clips: int = 0
     shards: list[tuple[Path, int]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    captions_truncated: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """Skips per `stage: reason`, most frequent first."""
+        return dict(Counter(f"{s.stage}: {s.reason}" for s in self.skipped).most_common())
+
+    def to_json(self) -> dict:
+        """The machine-readable report (what `data build` writes as report.json)."""
+        return {
+            "videos": self.videos,
+            "clips": self.clips,
+            "shards": [{"path": str(path), "samples": count} for path, count in self.shards],
+            "captions_truncated": self.captions_truncated,
+            "skipped_counts": self.counts(),
+            "skipped": [asdict(s) for s in self.skipped],
+        }
+
+
+def _video_paths(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+
+
+def _jsonl_items(
+    root: Path, captions: Path, max_caption_chars: int
+) -> tuple[list[VideoItem], list[Skip]]:
+    """Items of a captions jsonl; malformed lines, duplicates and missing files are skipped as `FILE:LINE`."""
+    items: dict[Path, VideoItem] = {}
+    lines: dict[Path, int] = {}  # accepted video -> its line
+    listed: set[Path] = set()
+    skipped = []
+    with open(captions, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{captions}:{n}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exn:
+                skipped.append(Skip(where, "captions", "malformed jsonl line", str(exn)))
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or "caption" not in entry:
+                detail = "each line must be an object with a string 'path' and a 'caption'"
+                skipped.append(Skip(where, "captions", "malformed jsonl line", detail))
+                continue
+            path = Path(entry["path"]) if Path(entry["path"]).is_absolute() else root / entry["path"]
+            name = Path(os.path.relpath(path, root) if path.is_relative_to(root) else path.name).as_posix()
+            caption = entry["caption"].strip() if isinstance(entry["caption"], str) else ""
+            listed.add(path.resolve())
+            if not caption:
+                skipped.append(Skip(where, "captions", "no caption", f"{name}: 'caption' must be a non-empty string"))
+            elif path.resolve() in lines:
+                detail = f"{name} is already captioned on line {lines[path.resolve()]}"
+                skipped.append(Skip(where, "captions", "duplicate caption", detail))
+            elif not path.is_file():
+                skipped.append(Skip(name, "captions", "missing video", f"listed in {where}, no such file"))
+            else:
+                caption, cut = truncate_caption(caption, max_caption_chars)
+                items[path.resolve()] = VideoItem(path, caption, name, caption_truncated=cut)
+                lines[path.resolve()] = n
+    for path in _video_paths(root):
+        if path.resolve() not in listed:
+            name = path.relative_to(root).as_posix()
+            skipped.append(Skip(name, "captions", "no caption", f"not listed in {captions}"))
+    return list(items.values()), skipped
 
 
 def find_videos(
-    videos_dir: str | Path, captions: str | Path | None = None
-) -> tuple[list[VideoItem], list[tuple[str, str]]]:
-    """Videos with captions, sorted by name, and (name, reason) of those without.
+    videos_dir: str | Path, captions: str | Path | None = None, max_caption_chars: int = MAX_CAPTION_CHARS
+) -> tuple[list[VideoItem], list[Skip]]:
+    """Videos with captions, sorted by name, and the Skip records of everything left out.
 
     Captions come from a jsonl file of {"path", "caption"} (paths relative to videos_dir or absolute; defaults to
-    videos_dir/captions.jsonl when present), else from a sidecar VIDEO.txt.
+    videos_dir/captions.jsonl when present), else from a sidecar VIDEO.txt. Malformed or duplicate jsonl lines,
+    listed files that do not exist and videos without a caption are skipped, never fatal. Captions longer than
+    max_caption_chars are cut at a word boundary (`VideoItem.caption_truncated`).
     """
     root = Path(videos_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"videos directory {root} does not exist")
+    if max_caption_chars < 1:
+        raise ValueError(f"max_caption_chars={max_caption_chars} must be positive")
     captions = Path(captions) if captions is not None else root / "captions.jsonl"
-    items, skipped = [], []
     if captions.is_file():
-        with open(captions, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                entry = json.loads(line)
-                if not isinstance(entry, dict) or not {"path", "caption"} <= entry.keys():
-                    raise ValueError(f"{captions}:{n}: each line must be an object with 'path' and 'caption'")
-                path = Path(entry["path"]) if Path(entry["path"]).is_absolute() else root / entry["path"]
-                name = os.path.relpath(path, root) if path.is_relative_to(root) else path.name
-                items.append(VideoItem(path, str(entry["caption"]).strip(), Path(name).as_posix()))
+        items, skipped = _jsonl_items(root, captions, max_caption_chars)
     elif captions != root / "captions.jsonl":
         raise FileNotFoundError(f"captions file {captions} does not exist")
     else:
-        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
+        items, skipped = [], []
+        for path in _video_paths(root):
             name = path.relative_to(root).as_posix()
             sidecar = path.with_suffix(".txt")
-            if sidecar.is_file() and sidecar.read_text(encoding="utf-8").strip():
-                items.append(VideoItem(path, sidecar.read_text(encoding="utf-8").strip(), name))
+            text = sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else ""
+            if text:
+                caption, cut = truncate_caption(text, max_caption_chars)
+                items.append(VideoItem(path, caption, name, caption_truncated=cut))
             else:
-                skipped.append((name, f"no caption ({sidecar.name} missing or empty, no captions.jsonl)"))
+                detail = f"{sidecar.name} missing or empty, no captions.jsonl"
+                skipped.append(Skip(name, "captions", "no caption", detail))
     return sorted(items, key=lambda item: item.name), skipped
 
 
@@ -317,18 +491,28 @@ def cut_clips(
     preset: str = "medium",
     threads: int = 1,
 ) -> Iterator[dict[str, bytes]]:
-    """Consecutive clips of one video as shard samples: nearest-aspect bucket, cover-resize, centre crop, h264."""
+    """Consecutive clips of one video as shard samples: display rotation applied (mirror flags are not read, see
+    `display_orientation`), nearest-aspect bucket, cover-resize, centre crop, h264."""
     with open_video(item.path) as (container, stream):
         source_fps = stream_fps(stream)
         out_fps = fps or source_fps
         if out_fps <= 0:
-            raise ValueError("unknown frame rate; pass --fps")
-        height, width = stream.height, stream.width
+            raise SkipError(Skip(item.name, "decode", "unknown frame rate", "the stream stores none; pass --fps"))
+        decoded = container.decode(stream)
+        first = next(decoded, None)
+        if first is None:
+            return
+        try:
+            orientation = display_orientation(first)
+        except ValueError as exn:
+            raise SkipError(Skip(item.name, "decode", "unsupported rotation", str(exn))) from exn
+        height, width = (stream.width, stream.height) if transposes(orientation) else (stream.height, stream.width)
         bucket = nearest_bucket(buckets, height, width)
-        size = cover_size(height, width, bucket.height, bucket.width)
+        size = cover_size(height, width, bucket.height, bucket.width)  # as displayed
+        stored_size = size[::-1] if transposes(orientation) else size  # as decoded, before the rotation
         top, left = center_offset(size[0], bucket.height), center_offset(size[1], bucket.width)
         writer = None
-        frames = ((frame.time, frame) for frame in container.decode(stream))
+        frames = ((frame.time, frame) for frame in itertools.chain([first], decoded))
         try:
             for k, frame in enumerate(_sampled_frames(frames, source_fps, fps)):
                 clip, pos = divmod(k, bucket.frames)
@@ -336,7 +520,8 @@ def cut_clips(
                     break
                 if pos == 0:
                     writer = H264Writer(bucket.height, bucket.width, out_fps, crf, preset, threads)
-                writer.write(to_rgb(frame, size)[top : top + bucket.height, left : left + bucket.width])
+                image = orient(to_rgb(frame, stored_size), orientation)
+                writer.write(image[top : top + bucket.height, left : left + bucket.width])
                 if pos == bucket.frames - 1:
                     meta = {
                         "caption": item.caption,
@@ -352,6 +537,7 @@ def cut_clips(
                     yield {"__key__": clip_key(item.name, clip), "mp4": writer.finish(), "json": shard_bytes(meta)}
                     writer = None
         finally:
+            decoded.close()  # before the container closes: a suspended decoder must not outlive it
             if writer is not None:
                 writer.close()
 
@@ -380,19 +566,22 @@ def build_shards(
         )
     for path in existing:
         path.unlink()
-    report = BuildReport()
+    report = BuildReport(captions_truncated=sum(item.caption_truncated for item in items))
     with ShardWriter(out_dir, prefix, max_count, max_size) as writer:
         bar = tqdm(items, desc=f"build {out_dir}", unit="video", disable=not progress)
         for item in bar:
             try:
                 clips = list(cut_clips(item, buckets, fps, max_clips, crf, preset, threads))
+            except SkipError as exn:
+                report.skipped.append(exn.skip)
+                continue
             except (av.FFmpegError, ValueError, OSError) as exn:
-                report.skipped.append((item.name, f"unreadable: {type(exn).__name__}: {exn}"))
+                report.skipped.append(Skip(item.name, "decode", "unreadable", f"{type(exn).__name__}: {exn}"))
                 continue
             if not clips:
                 frames = min(b.frames for b in buckets)
-                reason = f"too short: fewer than {frames} frames" + (f" at {fps} fps" if fps else "")
-                report.skipped.append((item.name, reason))
+                detail = f"fewer than {frames} frames" + (f" at {fps} fps" if fps else "")
+                report.skipped.append(Skip(item.name, "cut", "too short", detail))
                 continue
             for sample in clips:
                 writer.write(sample)
@@ -400,6 +589,6 @@ def build_shards(
             report.clips += len(clips)
             bar.set_postfix(clips=report.clips, skipped=len(report.skipped))
     report.shards = writer.shards
-    for name, reason in report.skipped:
-        logger.warning("skipped %s: %s", name, reason)
+    for skip in report.skipped:
+        logger.warning("skipped %s", skip)
     return report

@@ -100,6 +100,46 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndar
     ).to_ndarray()
 
 
+# --------------------------------------------------------------------------------------------------
+# Display orientation (rotation and flips from the stream's display matrix)
+# --------------------------------------------------------------------------------------------------
+
+# (a, b, c, d) of the display matrix, each -1, 0 or 1: a pixel at (x, y) is shown at (ax + cy, bx + dy)
+Orientation = tuple[int, int, int, int]
+
+
+# counterclockwise display rotation (degrees mod 360) -> its display matrix
+QUARTER_TURNS: dict[int, Orientation | None] = {0: None, 90: (0, -1, 1, 0), 180: (-1, 0, 0, -1), 270: (0, 1, -1, 0)}
+
+
+def display_orientation(frame: av.VideoFrame) -> Orientation | None:
+    """The display rotation of the frame's stream (a phone's portrait video: -90) as a matrix, None for none.
+
+    Read through `frame.rotation`: reading `frame.side_data` itself (for mirror flags) made forked DataLoader workers
+    crash later with PyAV 18, so mirror flags are not applied. Raises ValueError unless a multiple of 90 degrees.
+    """
+    rotation = frame.rotation
+    if rotation % 90:
+        raise ValueError(f"display rotation of {rotation} degrees is not a multiple of 90")
+    return QUARTER_TURNS[int(rotation) % 360]
+
+
+def transposes(orientation: Orientation | None) -> bool:
+    """True when the orientation swaps width and height (a quarter turn)."""
+    return orientation is not None and orientation[0] == 0
+
+
+def orient(image: np.ndarray, orientation: Orientation | None) -> np.ndarray:
+    """(H, W, C) image as displayed: the display matrix applied (a view, no copy)."""
+    if orientation is None:
+        return image
+    a, b, c, d = orientation
+    if a == 0:  # x' = c·y, y' = b·x
+        image = image.transpose(1, 0, 2)
+        return image[:: -1 if b < 0 else 1, :: -1 if c < 0 else 1]
+    return image[:: -1 if d < 0 else 1, :: -1 if a < 0 else 1]  # x' = a·x, y' = d·y
+
+
 def decode_frames(
     source: VideoSource,
     indices: Sequence[int],
