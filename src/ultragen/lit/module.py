@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from ultragen.models.wan import WanDiT
 from ultragen.text.base import TextEncoder
 
 log = logging.getLogger(__name__)
+# The frozen codec and text encoder stay in eval mode on purpose (no dropout in frozen encoders); Lightning warns
+# about every eval-mode module at the start of training, so only that message is silenced.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 # The negative prompt of the UltraGen release (inference.py).
 RELEASE_NEGATIVE_PROMPT = (
