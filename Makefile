@@ -33,7 +33,7 @@ demo: install
 demo-strip: demo
 	cp runs/demo/samples/strip.png docs/demo_strip.png
 
-# docs/ablation.md and docs/ablation/ from the default ablation run (about 45 minutes on 2 CPU cores).
+# docs/ablation.md and docs/ablation/ from the default ablation run (about 32 minutes on 2 CPU cores).
 ablation: install
 	$(ULTRAGEN) ablate
 
