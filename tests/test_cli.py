@@ -24,7 +24,13 @@ def run(*args: str) -> None:
 
 
 def test_fit_fast_dev_run(tmp_path):
-    run("fit", "-c", TINY, "--trainer.fast_dev_run=1", f"--trainer.logger.init_args.save_dir={tmp_path}")
+    from ultragen.lit.cli import UltraGenCLI
+
+    cli = UltraGenCLI(args=["fit", "-c", TINY, "--trainer.fast_dev_run=1",
+                            f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    loss = float(cli.trainer.callback_metrics["train/loss"])
+    assert math.isfinite(loss) and loss > 0
 
 
 def test_fit_then_predict_writes_playable_mp4(tmp_path):
@@ -58,7 +64,13 @@ def test_fit_then_predict_writes_playable_mp4(tmp_path):
 
 
 def test_test_subcommand_reports_loss(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run("test", "-c", TINY, "--trainer.limit_test_batches=1", f"--trainer.logger.init_args.save_dir={tmp_path}")
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*"))))
+    events.Reload()
+    (loss,) = events.Scalars("test/loss")
+    assert math.isfinite(loss.value) and loss.value > 0
 
 
 def test_data_token_budget_must_match_codec():

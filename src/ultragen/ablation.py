@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ultragen.data.procedural import render, to_tensor
 from ultragen.eval.figures import frame_strip, save_png
 from ultragen.eval.seams import seam_boundaries, seam_score
 from ultragen.lit.callbacks import ProceduralMetrics
-from ultragen.models.attention.cost import layer_cost
+from ultragen.models.attention.base import VideoGrid
+from ultragen.models.attention.cost import layer_cost, load_configs
 from ultragen.models.attention.full import FullAttention
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,14 @@ def slug(name: str) -> str:
 
 def local_window_grids(base: str) -> list[list[int]]:
     """The full model's local window schedule from the base config: where window seams would appear."""
-    spec = yaml.safe_load(Path(base).read_text())["model"]["net"]["init_args"]["attention"]["init_args"]
-    return spec["local_windows"]
+    return load_configs([base])["model"]["net"]["init_args"]["attention"]["init_args"]["local_windows"]
+
+
+def sampling_grid(model) -> VideoGrid:
+    """Token grid of the module's sampling size."""
+    s = model.sampling
+    _, t, h, w = model.codec.latent_shape(s.frames, s.height, s.width)
+    return model.net.token_grid(t, h, w)
 
 
 def train_row(files: tuple[str, ...], base: str, steps: int, seed: int, logdir: Path, name: str):
@@ -122,9 +128,7 @@ def evaluate_row(model, scorer: ProceduralMetrics, window_grids: list[list[int]]
     """Sample metrics, seam score and held-out loss of a trained row."""
     model.eval()
     metrics, videos = scorer.evaluate(model)
-    s = model.sampling
-    _, t, h, w = model.codec.latent_shape(s.frames, s.height, s.width)
-    grid = model.net.token_grid(t, h, w)
+    grid = sampling_grid(model)
     pixels = (model.codec.spatial_factor * model.net.patch_size[1], model.codec.spatial_factor * model.net.patch_size[2])
     rows, cols = seam_boundaries(grid.h, grid.w, window_grids, pixels, pad="replicate")
     metrics["seam_score"] = float(np.mean([seam_score(v, rows, cols, pixels) for v in videos]))
@@ -134,9 +138,7 @@ def evaluate_row(model, scorer: ProceduralMetrics, window_grids: list[list[int]]
 
 def attention_flops(model) -> float:
     """Forward self-attention FLOPs of the whole network at its sampling size (cost model)."""
-    s = model.sampling
-    _, t, h, w = model.codec.latent_shape(s.frames, s.height, s.width)
-    grid = model.net.token_grid(t, h, w)
+    grid = sampling_grid(model)
     return sum(layer_cost(block.self_attn.strategy, grid).total for block in model.net.blocks)
 
 
@@ -306,7 +308,7 @@ def main(argv: list[str]) -> str:
     if args.quick:
         args.steps, args.seeds, args.videos, args.sampling_steps = 8, [0], 2, 4
     if args.steps is None:
-        args.steps = yaml.safe_load(Path(args.base).read_text())["trainer"]["max_steps"]
+        args.steps = load_configs([args.base])["trainer"]["max_steps"]
     for name, value in (("--steps", args.steps), ("--videos", args.videos), ("--sampling-steps", args.sampling_steps)):
         if value < 1:
             parser.error(f"{name} {value} must be >= 1")

@@ -52,7 +52,6 @@ class FlowMatching:
         self.prediction, self.min_sigma = prediction, min_sigma
         self.shift = shift
         self.num_train_timesteps = num_train_timesteps
-        self.loss_weighting = loss_weighting
         base = torch.linspace(1.0, 0.0, num_train_timesteps + 1, dtype=torch.float64)[:-1]
         self.sigmas = shift_sigmas(base, shift).float()  # (T,)
         self.timesteps = self.sigmas * num_train_timesteps
