@@ -63,14 +63,46 @@ def test_fit_then_predict_writes_playable_mp4(tmp_path):
     assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
 
 
-def test_test_subcommand_reports_loss(tmp_path):
+def test_test_subcommand_generates_scores_and_writes_the_table(tmp_path):
+    import csv
+    import json
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run("test", "-c", TINY, "--trainer.limit_test_batches=1", f"--trainer.logger.init_args.save_dir={tmp_path}")
-    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*"))))
+    run("test", "-c", TINY, "--trainer.limit_test_batches=1", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--evaluation.steps=2", "--metrics=[hd_mse, temporal_ssim, hd_fvd]",
+        f"--evaluation.weights.fvd={tmp_path / 'i3d.pt'}")
+    (run_dir,) = {p.parent for p in tmp_path.rglob("test_metrics.json")}
+    table = json.loads((run_dir / "test_metrics.json").read_text())
+    objects = {"color_correct", "direction_correct", "count_error", "trajectory_error"}  # synthetic data has truth
+    assert set(table["metrics"]) == {"hd_mse", "temporal_ssim"} | objects
+    assert table["videos"] == table["with_truth"] == 2 and len(table["prompts"]) == 2
+    assert all(math.isfinite(v) for v in table["metrics"].values()) and table["metrics"]["hd_mse"] > 0
+    assert set(table["skipped"]) == {"hd_fvd"} and str(tmp_path / "i3d.pt") in table["skipped"]["hd_fvd"]
+    with open(run_dir / "test_metrics.csv") as f:
+        rows = {row["metric"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(table["metrics"]) | {"hd_fvd"}
+    assert float(rows["hd_mse"]["value"]) == table["metrics"]["hd_mse"] and rows["hd_fvd"]["skipped"]
+    events = EventAccumulator(str(next(run_dir.glob("events.out.tfevents.*"))))
     events.Reload()
-    (loss,) = events.Scalars("test/loss")
-    assert math.isfinite(loss.value) and loss.value > 0
+    assert {"test/loss", "test/hd_mse", "test/direction_correct", "hparams/hd_mse"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("test/hd_mse")[-1].value == pytest.approx(table["metrics"]["hd_mse"])
+    assert "test/samples" in events.Tags()["images"] and "model/attention_cost/text_summary" in events.Tags()["tensors"]
+    assert b"hparams/direction_correct" in events.PluginTagToContent("hparams")["_hparams_/experiment"]
+
+
+def test_test_subcommand_rejects_unknown_metrics():
+    from ultragen.lit.cli import ConfigError, UltraGenCLI
+
+    with pytest.raises(ConfigError, match=r"unknown metrics \['hd_psnr'\]; choose from"):
+        UltraGenCLI(args=["-c", TINY, "--metrics=[hd_mse, hd_psnr]"], run=False)
+
+
+def test_prompt_seed_is_fixed_by_the_prompt_text():
+    from ultragen.lit.evaluation import prompt_seed
+
+    assert prompt_seed("a red circle") == prompt_seed("a red circle") == prompt_seed("a red circle", 7) - 7
+    assert prompt_seed("a red circle") != prompt_seed("a blue circle")
 
 
 def test_data_token_budget_must_match_codec():

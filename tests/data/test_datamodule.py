@@ -181,3 +181,18 @@ def test_fit_on_shards_logs_skipped(shards, tmp_path, monkeypatch):
     events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*")))).Reload()
     assert "data/skipped" in events.Tags()["scalars"]
     assert sum(e.value for e in events.Scalars("data/skipped")) >= 1
+
+
+def test_ground_truth_in_the_shard_json_reaches_the_batch(shards, tmp_path):
+    from ultragen.data.demo import write_procedural
+    from ultragen.data.procedural import Truth, random_scene
+
+    items = write_procedural(tmp_path / "scenes", 2, 48, 64, 9, 8.0, seed=3)
+    build_shards(items, tmp_path / "shards", [Bucket(48, 64, 9)], fps=8.0, max_count=2, progress=False)
+    dm = shard_module(tmp_path / "shards", test_shards=str(tmp_path / "shards"), buckets=[Bucket(48, 64, 9)])
+    batch = next(iter(dm.test_dataloader()))
+    truths = {key: Truth.from_json(t) for key, t in zip(batch["key"], batch["truth"])}
+    want = {item.name: random_scene(i, 3).truth(9, 48, 64) for i, item in enumerate(items)}
+    assert len(truths) == 2 and sorted(truths.values(), key=str) == sorted(want.values(), key=str)
+    real = next(iter(shard_module(shards, test_shards=str(shards)).test_dataloader()))
+    assert "truth" not in real  # clips without ground truth add no key

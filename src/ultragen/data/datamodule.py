@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import random
@@ -160,7 +161,7 @@ class ShardStream(IterableDataset):
     def _plan(self, sample: dict, rng: random.Random | None, skips: SkipCounter) -> dict:
         meta = sample_meta(sample)
         key = sample["__key__"]
-        out = {"key": key, "caption": meta["caption"], "source": sample_source(sample)}
+        out = {"key": key, "caption": meta["caption"], "source": sample_source(sample), "truth": meta.get("truth")}
         if self.use_precomputed and all(ext in sample for ext in PRECOMPUTED):
             latents = load_tensor(sample["latents.safetensors"], "latents")  # (C, T, h, w)
             text = load_tensor(sample["text.safetensors"], "text")  # (L, D)
@@ -226,6 +227,8 @@ class ShardStream(IterableDataset):
             batch["video"] = video[: len(kept)].permute(0, 4, 1, 2, 3)  # (B, 3, F, H, W) uint8 view
         batch["caption"] = [s["caption"] for s in kept]
         batch["key"] = [s["key"] for s in kept]
+        if any(s["truth"] is not None for s in kept):
+            batch["truth"] = [None if s["truth"] is None else json.dumps(s["truth"]) for s in kept]
         return batch
 
     def _count_skips(self, batches: Iterator[dict], skips: SkipCounter, urls: list[str]) -> Iterator[dict]:

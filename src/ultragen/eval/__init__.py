@@ -1,5 +1,30 @@
-"""Sample metrics as pure functions on video arrays: procedural-clip object metrics and the window-seam score."""
+"""Sample metrics as pure functions on video arrays: procedural-clip object metrics, the window-seam score, the
+native-resolution HD metrics, CLIP score and temporal consistency, and the `compute_metrics` suite."""
 
+from ultragen.eval.consistency import clip_score, temporal_clip, temporal_ssim
+from ultragen.eval.features import (
+    ClipFeatures,
+    MetricWeights,
+    MissingWeightsError,
+    load_clip,
+    load_lpips,
+    load_video_backbone,
+)
+from ultragen.eval.hd import (
+    FVDResult,
+    MetricSettings,
+    PatchTiling,
+    frechet_distance,
+    hd_fvd,
+    hd_lpips,
+    hd_mse,
+    patch_clips,
+    patch_features,
+    patch_tiling,
+    resample,
+    uniform_frames,
+    video_frames,
+)
 from ultragen.eval.objects import (
     Tolerances,
     as_frames,
@@ -13,19 +38,44 @@ from ultragen.eval.objects import (
     trajectory_error,
 )
 from ultragen.eval.seams import seam_boundaries, seam_score, window_boundaries
+from ultragen.eval.suite import METRICS, compute_metrics
 
 __all__ = [
+    "METRICS",
+    "ClipFeatures",
+    "FVDResult",
+    "MetricSettings",
+    "MetricWeights",
+    "MissingWeightsError",
+    "PatchTiling",
     "Tolerances",
     "as_frames",
     "centroid_track",
+    "clip_score",
     "color_mask",
+    "compute_metrics",
     "count_objects",
     "dominant_color",
+    "frechet_distance",
+    "hd_fvd",
+    "hd_lpips",
+    "hd_mse",
+    "load_clip",
+    "load_lpips",
+    "load_video_backbone",
     "motion_direction",
+    "patch_clips",
+    "patch_features",
+    "patch_tiling",
+    "resample",
     "score_sample",
     "score_samples",
     "seam_boundaries",
     "seam_score",
+    "temporal_clip",
+    "temporal_ssim",
     "trajectory_error",
+    "uniform_frames",
+    "video_frames",
     "window_boundaries",
 ]

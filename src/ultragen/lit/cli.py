@@ -7,6 +7,7 @@ import re
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from ultragen.lit.evaluation import TestMetrics
 from ultragen.lit.module import VideoDiffusionModule
 
 
@@ -41,6 +42,12 @@ class UltraGenCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """`evaluation.*` configures the generate-and-score step of `test`; `--metrics [a, b]` picks its metrics."""
+        parser.add_lightning_class_args(TestMetrics, "evaluation")
+        parser.add_argument("--metrics", type=list[str] | None, default=None, help="metrics of `test` (default: all)")
+        parser.link_arguments("metrics", "evaluation.metrics")
 
     def instantiate_classes(self) -> None:
         try:
