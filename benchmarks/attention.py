@@ -11,11 +11,11 @@ Prints, per strategy: measured time ratio vs full, the analytic FLOP ratio from 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from ultragen.models.attention import AttentionContext, FullAttention, VideoGrid
+from ultragen.bench import attention_inputs, profile_table, time_layers
+from ultragen.models.attention import FullAttention, VideoGrid
 from ultragen.models.attention.cost import layer_cost
 from ultragen.models.attention.global_compressed import GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
@@ -23,8 +23,6 @@ from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.multiscale import MultiScaleWindowAttention
 from ultragen.models.attention.window import LocalWindowAttention, SwinAttention
 from ultragen.models.blocks import SelfAttention
-from ultragen.models.rope import RotaryTables
-from ultragen.models.wan import sinusoidal_embedding
 
 
 def strategies(args: argparse.Namespace) -> dict:
@@ -42,34 +40,6 @@ def strategies(args: argparse.Namespace) -> dict:
         ),
         "t3": lambda d, h, i: MultiScaleWindowAttention(d, h, i, windows=args.t3_windows),
     }
-
-
-def step_fn(layer: SelfAttention, x: torch.Tensor, ctx: AttentionContext):
-    """A closure running one forward+backward and returning its seconds."""
-    grad = torch.randn_like(x)
-
-    def step() -> float:
-        for p in layer.parameters():
-            p.grad = None
-        x.grad = None
-        start = time.perf_counter()
-        layer(x, ctx).backward(grad)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    return step
-
-
-def profile_layer(layer: SelfAttention, x: torch.Tensor, ctx: AttentionContext) -> None:
-    """Print the top operators of one forward+backward."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        layer(x, ctx).backward(torch.randn_like(x))
-    sort = "cuda_time_total" if x.device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=25))
 
 
 def counts(text: str) -> list[list[int]]:
@@ -102,9 +72,7 @@ def main() -> None:
     torch.manual_seed(0)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     dim, grid = args.heads * args.head_dim, args.grid
-    freq = sinusoidal_embedding(256, torch.full((args.batch,), 500.0)).float().to(device)
-    ctx = AttentionContext(grid, RotaryTables(args.head_dim), freq)
-    x = torch.randn(args.batch, grid.numel, dim, device=device, dtype=dtype, requires_grad=True)
+    x, ctx = attention_inputs(grid, dim, args.heads, args.batch, device=device, dtype=dtype)
     factories = strategies(args)
     names = ["full"] + [n for n in (args.only.split(",") if args.only else factories) if n != "full"]
     print(
@@ -117,16 +85,10 @@ def main() -> None:
     layers = {
         n: SelfAttention(dim, args.heads, factories[n](dim, args.heads, args.layer)).to(device, dtype) for n in names
     }
-    steps = {n: step_fn(layer, x, ctx) for n, layer in layers.items()}
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for repeat in range(args.warmup + args.repeats):  # interleaved, so background load hits every strategy alike
-        for name, step in steps.items():
-            seconds = step()
-            if repeat >= args.warmup:
-                times[name].append(seconds)
-    full_time, full_cost = min(times["full"]), layer_cost(layers["full"].strategy, grid)
+    best = time_layers(layers, x, ctx, args.repeats, args.warmup)
+    full_time, full_cost = best["full"], layer_cost(layers["full"].strategy, grid)
     for name, layer in layers.items():
-        seconds, cost = min(times[name]), layer_cost(layer.strategy, grid)
+        seconds, cost = best[name], layer_cost(layer.strategy, grid)
         measured, analytic = full_time / seconds, full_cost.total / cost.total
         print(
             f"{name:<14} {seconds:>14.3f} {measured:>11.2f} {analytic:>11.2f} {full_cost.maps / cost.maps:>8.2f} "
@@ -135,7 +97,7 @@ def main() -> None:
     if args.profile:
         for name, layer in layers.items():
             print(f"--- {name}")
-            profile_layer(layer, x, ctx)
+            print(profile_table(layer, x, ctx))
 
 
 if __name__ == "__main__":

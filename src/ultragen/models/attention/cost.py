@@ -141,8 +141,8 @@ def import_class(class_path: str) -> type:
         raise ValueError(f"cannot import attention class_path {class_path!r}: {err}") from err
 
 
-def build_strategies(net: Mapping[str, Any]) -> list[AttentionStrategy]:
-    """Per-layer strategies of a `model.net.init_args` mapping, on the meta device (no weight memory)."""
+def build_strategies(net: Mapping[str, Any], device: torch.device | str = "meta") -> list[AttentionStrategy]:
+    """Per-layer strategies of a `model.net.init_args` mapping, on `device` (meta: no weight memory)."""
     missing = [k for k in ("dim", "num_heads", "num_layers") if k not in net]
     if missing:
         raise ValueError(
@@ -154,8 +154,25 @@ def build_strategies(net: Mapping[str, Any]) -> list[AttentionStrategy]:
         spec = {"class_path": spec}
     cls, init_args = import_class(spec["class_path"]), dict(spec.get("init_args") or {})
     full = set(net.get("full_attention_layers") or [])
-    with torch.device("meta"):
+    with torch.device(device):
         return [(FullAttention(dim, heads, i) if i in full else cls(dim, heads, i, **init_args)) for i in range(layers)]
+
+
+def net_args(config: Mapping[str, Any]) -> dict:
+    """`model.net.init_args` of a merged config ({} where absent)."""
+    return dict(((config.get("model") or {}).get("net") or {}).get("init_args") or {})
+
+
+def config_strategies(
+    paths: Sequence[str | Path],
+    dim: int | None = None,
+    num_heads: int | None = None,
+    device: torch.device | str = "meta",
+) -> list[AttentionStrategy]:
+    """Per-layer strategies of merged YAML `paths` (a model preset, then overrides), optionally at another width."""
+    net = net_args(load_configs(paths))
+    net.update({k: v for k, v in (("dim", dim), ("num_heads", num_heads)) if v is not None})
+    return build_strategies(net, device)
 
 
 #################################################################################
@@ -227,7 +244,6 @@ def main(argv: list[str]) -> str:
             parser.error(f"model preset {args.model} not found; pass --model PATH or --model none with dims in -c")
         paths.insert(0, args.model)
     config = load_configs(paths)
-    model = config.get("model") or {}
-    net = (model.get("net") or {}).get("init_args") or {}
+    model, net = config.get("model") or {}, net_args(config)
     text_len = args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512
     return report(build_strategies(net), args.grid, net.get("ffn_dim"), int(text_len))
