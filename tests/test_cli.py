@@ -47,7 +47,7 @@ def test_fit_then_predict_writes_playable_mp4(tmp_path):
     events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*"))))
     events.Reload()
     assert {"train/loss", "val/loss", "train/grad_norm", "train/tokens_per_s"} <= set(events.Tags()["scalars"])
-    assert "samples" in events.Tags()["images"]  # sample video (animated GIF summary)
+    assert {"samples", "samples/by_step"} <= set(events.Tags()["images"])  # video (GIF) and prompts by step
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large red circle moving left to right on a black background\n\na green square\n")
@@ -157,6 +157,6 @@ def test_procedural_metrics_are_logged_with_a_frame_strip(tmp_path):
     names = {"samples/color_correct", "samples/direction_correct", "samples/count_error", "samples/trajectory_error"}
     assert names <= set(events.Tags()["scalars"])
     assert all(math.isfinite(events.Scalars(n)[-1].value) and events.Scalars(n)[-1].value >= 0 for n in names)
-    assert "samples/strip" in events.Tags()["images"]
+    assert {"samples/strip", "samples/by_step"} <= set(events.Tags()["images"])
     width, height = Image.open(strip).size
     assert width >= 5 * 64 * 2 and height >= 2 * 64 * 2  # 5 frames of 2 videos at 2x

@@ -1,4 +1,5 @@
-"""Figures of sampled videos: frame strips (one row per video, frames left to right, caption underneath)."""
+"""Figures of sampled videos: frame strips (one row per video, frames left to right, caption underneath) and the
+same prompts across checkpoints (one column per step)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,26 @@ def frame_strip(videos: Sequence[Video], captions: Sequence[str] | None = None, 
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     return Image.fromarray(np.concatenate(rows, axis=0))
+
+
+def middle_frames(videos: Sequence[Video]) -> list[np.ndarray]:
+    """The middle frame (H, W, 3) uint8 of each video."""
+    return [clip[len(clip) // 2] for clip in map(as_frames, videos)]
+
+
+def progress_grid(history: Sequence[tuple[int, Sequence[np.ndarray]]], scale: int = 2) -> Image.Image:
+    """Samples of the same prompts and seeds across checkpoints: one column per (step, frames) entry of `history`
+    (one (H, W, 3) frame per prompt, e.g. `middle_frames`), rows in prompt order, the step above each column."""
+    if not history or len({len(frames) for _, frames in history}) != 1:
+        raise ValueError("progress_grid needs (step, frames) entries with one frame per prompt, as many each step")
+    columns = []
+    for step, frames in history:
+        column = np.concatenate([np.pad(f, ((0, 2), (0, 2), (0, 0)), constant_values=255) for f in frames], axis=0)
+        column = column.repeat(scale, axis=0).repeat(scale, axis=1)
+        band = Image.new("RGB", (column.shape[1], CAPTION_HEIGHT), "white")
+        ImageDraw.Draw(band).text((2, 1), f"step {step}", fill="black", font=ImageFont.load_default())
+        columns.append(np.concatenate([np.asarray(band), column], axis=0))
+    return Image.fromarray(np.concatenate(columns, axis=1))
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

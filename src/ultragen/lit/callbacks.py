@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from ultragen.data.procedural import Mode, procedural_prompts
-from ultragen.eval.figures import frame_strip, save_png
+from ultragen.eval.figures import frame_strip, middle_frames, progress_grid, save_png
 from ultragen.eval.objects import score_samples
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,21 @@ def tensorboard_writers(trainer: L.Trainer) -> list:
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
+def log_progress(trainer: L.Trainer, history: list, videos: Tensor, tag: str) -> None:
+    """Append this validation's middle frames to `history` and log the prompts-by-checkpoint grid as image `tag`."""
+    history.append((trainer.global_step, middle_frames(videos)))
+    grid = np.asarray(progress_grid(history))
+    for writer in tensorboard_writers(trainer):
+        writer.add_image(tag, grid, trainer.global_step, dataformats="HWC")
+
+
 class SampleVideos(L.Callback):
-    """At the end of validation, samples `prompts` and logs them as TensorBoard videos."""
+    """At the end of validation, samples `prompts` and logs them as TensorBoard videos (`samples`), and their middle
+    frames at every validation so far side by side (`samples/by_step`: same prompts and seeds, one column a step)."""
 
     def __init__(self, prompts: list[str], every_n_epochs: int = 1, steps: int | None = None, seed: int = 0):
         self.prompts, self.every_n_epochs, self.steps, self.seed = prompts, every_n_epochs, steps, seed
+        self.history: list[tuple[int, list[np.ndarray]]] = []
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:
@@ -79,6 +89,7 @@ class SampleVideos(L.Callback):
         videos = generate_with_steps(pl_module, self.prompts, seeds, self.steps)
         for writer in tensorboard_writers(trainer):
             writer.add_video("samples", videos.permute(0, 2, 1, 3, 4), trainer.global_step, fps=pl_module.sampling.fps)
+        log_progress(trainer, self.history, videos, "samples/by_step")
 
 
 class ProceduralMetrics(L.Callback):
@@ -87,7 +98,8 @@ class ProceduralMetrics(L.Callback):
     Scenes `0..num_videos-1` of the procedural set `seed` (one the training data does not use) are generated at
     the module's sampling size with seeds 0..num_videos-1, then scored by `ultragen.eval.score_samples`: colour and
     direction accuracy, count and trajectory error, logged as `samples/*`. The frame strip goes to TensorBoard
-    (`samples/strip`) and, when `strip` is set, to that PNG; `last` holds the latest metrics.
+    (`samples/strip`) and, when `strip` is set, to that PNG; `samples/by_step` shows the middle frames of every
+    validation so far side by side; `last` holds the latest metrics.
     """
 
     def __init__(
@@ -105,6 +117,7 @@ class ProceduralMetrics(L.Callback):
         self.scenes = procedural_prompts(num_videos, seed, tuple(counts or (1,)), mode)
         self.steps, self.every_n_epochs, self.strip = steps, every_n_epochs, strip
         self.last: dict[str, float] = {}
+        self.history: list[tuple[int, list[np.ndarray]]] = []
 
     def evaluate(self, pl_module) -> tuple[dict[str, float], Tensor]:
         """Metrics and the sampled videos (B, 3, F, H, W) uint8 of the held-out prompts."""
@@ -127,6 +140,7 @@ class ProceduralMetrics(L.Callback):
             writer.add_image("samples/strip", np.asarray(strip), trainer.global_step, dataformats="HWC")
         if self.strip:
             save_png(strip, self.strip)
+        log_progress(trainer, self.history, videos, "samples/by_step")
         log.info(
             "step %d, %d held-out prompts: colour %.0f%%, direction %.0f%%, count error %.2f, trajectory error %.3f",
             trainer.global_step, metrics["n"], 100 * metrics["color_correct"], 100 * metrics["direction_correct"],

@@ -8,13 +8,15 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import grad_norm
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ultragen.codecs.base import VideoCodec
 from ultragen.diffusion import EulerSampler, FlowMatching
@@ -49,6 +51,32 @@ class SamplingConfig:
     negative_prompt: str = RELEASE_NEGATIVE_PROMPT
 
 
+def checkpoint_interval(setting: str | int) -> int:
+    """`activation_checkpointing` as a block interval: "none" -> 0, "blocks" -> 1 (every block), n -> every n-th."""
+    if setting in ("none", "blocks"):
+        return int(setting == "blocks")
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(
+            f"activation_checkpointing={setting!r} is not supported; use 'none', 'blocks' or a block interval n >= 1"
+        )
+    return setting
+
+
+def checkpoint_blocks(net: nn.Module, every_n: int) -> list[int]:
+    """Recompute the activations of every `every_n`-th DiT block (0, n, 2n, ...) in backward; returns their indices.
+
+    Non-reentrant `torch.utils.checkpoint` replaces each chosen block's `forward` on the instance instead of wrapping
+    the block in a new module: parameter names stay Wan's, and DeepSpeed ZeRO-3, which hooks every submodule,
+    sees no wrapper (torch's `CheckpointWrapper` fails under ZeRO-3 with "'CheckpointWrapper' object has no
+    attribute '_ds_child_entered'").
+    """
+    blocks = [m for m in net.modules() if isinstance(m, DiTBlock)]
+    chosen = list(range(0, len(blocks), every_n))
+    for i in chosen:
+        blocks[i].forward = partial(checkpoint, blocks[i].forward, use_reentrant=False)
+    return chosen
+
+
 class VideoDiffusionModule(L.LightningModule):
     """Flow-matching fine-tuning of a WanDiT; `net` is built here with in_dim/text_dim from codec/text encoder.
 
@@ -75,7 +103,7 @@ class VideoDiffusionModule(L.LightningModule):
         lora_rank: int = 64,
         lora_alpha: float | None = None,
         lora_targets: list[str] | None = None,
-        activation_checkpointing: bool = False,
+        activation_checkpointing: Literal["none", "blocks"] | int = "none",
         sampling: SamplingConfig | None = None,
     ):
         super().__init__()
@@ -98,6 +126,7 @@ class VideoDiffusionModule(L.LightningModule):
             raise ValueError(f"text_cache_size={text_cache_size} must be >= 0 (0 disables the cache)")
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
         self._select_trainable(trainable, lora_rank, lora_alpha, lora_targets or ["q", "k", "v", "o", "ffn.0", "ffn.2"])
+        self.checkpoint_every = checkpoint_interval(activation_checkpointing)
         self._batch_start = 0.0
 
     # ------------------------------------------------------------------ setup
@@ -133,11 +162,9 @@ class VideoDiffusionModule(L.LightningModule):
             )
 
     def configure_model(self) -> None:
-        """Activation checkpointing per DiT block (kept out of the model code)."""
-        if self.hparams.activation_checkpointing and not getattr(self, "_checkpointed", False):
-            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
-
-            apply_activation_checkpointing(self.net, check_fn=lambda m: isinstance(m, DiTBlock))
+        """Activation checkpointing of DiT blocks (kept out of the model code)."""
+        if self.checkpoint_every and not getattr(self, "_checkpointed", False):
+            checkpoint_blocks(self.net, self.checkpoint_every)
             self._checkpointed = True
 
     def configure_optimizers(self):
