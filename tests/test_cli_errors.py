@@ -48,3 +48,16 @@ def test_config_error_is_one_line_naming_the_keys(capsys, monkeypatch):
     with pytest.raises(ConfigError, match="out of range for num_layers=2") as raised:
         main(STACKED)
     assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_a_tiny_fit_does_not_warn_about_the_frozen_eval_mode_encoders(tmp_path):
+    """Lightning warns about every module in eval mode at the start of training; the frozen codec and text encoder
+    are in eval mode on purpose, so that one message is filtered (ultragen.lit.module) and nothing else."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ultragen", "fit", "-c", "configs/debug/tiny.yaml", "--trainer.fast_dev_run=1",
+         f"--trainer.logger.init_args.save_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "`max_steps=1` reached" in done.stderr  # the run really trained
+    assert "in eval mode at the start of training" not in done.stderr + done.stdout
