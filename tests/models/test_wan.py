@@ -3,7 +3,7 @@ import torch
 
 from ultragen.models.attention import AttentionStrategy, FullAttention, VideoGrid, attention
 from ultragen.models.rope import RotaryTables, apply_rope
-from ultragen.models.wan import WanDiT, sinusoidal_embedding
+from ultragen.models.wan import WanDiT, sincos_position_embedding, sinusoidal_embedding
 
 TINY = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=16)
 
@@ -110,3 +110,27 @@ def test_release_timestep_dtype_quantises_t():
     assert torch.equal(release(x, torch.tensor([993.15]), c), release(x, torch.tensor([992.0]), c))
     default = tiny_dit()
     assert not torch.equal(default(x, torch.tensor([993.15]), c), default(x, torch.tensor([992.0]), c))
+
+
+def test_sincos_position_embedding_is_dit_style_per_axis():
+    grid = VideoGrid(3, 4, 5)
+    emb = sincos_position_embedding(32, grid).view(3, 4, 5, 32)
+    t, h, w = emb[..., :12], emb[..., 12:22], emb[..., 22:]  # 2*(32//6) = 10 channels per spatial axis
+    omega = 10000.0 ** (-torch.arange(5, dtype=torch.float64) / 5)
+    want_w = torch.cat([torch.outer(torch.arange(5.0, dtype=torch.float64), omega).sin(),
+                        torch.outer(torch.arange(5.0, dtype=torch.float64), omega).cos()], 1).float()
+    torch.testing.assert_close(w[1, 2], want_w)
+    assert torch.equal(h[0, :, 0], h[2, :, 4]) and torch.equal(t[:, 0, 0], t[:, 3, 1])  # each axis sees its index
+    assert not torch.equal(h[0, 1, 0], h[0, 2, 0]) and not torch.equal(t[0, 0, 0], t[1, 0, 0])
+
+
+def test_absolute_position_tells_tokens_apart_where_rope_alone_cannot():
+    """On a spatially constant input every token has the same content: RoPE only rotates identical keys, so the
+    attention outputs and hence the DiT output are the same at every token (patch 1x2x2); the sin-cos embedding
+    breaks that."""
+    x = torch.randn(1, 8, 1, 1, 1).expand(1, 8, 2, 6, 8)
+    t, c = torch.tensor([999.0]), torch.randn(1, 4, 12)
+    rope_only = tiny_dit()(x, t, c)
+    torch.testing.assert_close(rope_only, rope_only[:, :, :1, :2, :2].repeat(1, 1, 2, 3, 4))
+    with_position = tiny_dit(absolute_position=True)(x, t, c)
+    assert (with_position - with_position[:, :, :1, :2, :2].repeat(1, 1, 2, 3, 4)).abs().amax() > 1e-2

@@ -34,6 +34,29 @@ def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+def sincos_position_embedding(dim: int, grid: VideoGrid, device: torch.device | None = None) -> Tensor:
+    """Fixed 3-D sin-cos embedding of token positions (DiT/Latte style), (N, dim) in (t, h, w) order.
+
+    Each spatial axis gets 2·⌊dim/6⌋ channels and time the rest; an axis of n channels embeds the token index
+    p as [sin(p·ω_j), cos(p·ω_j)], ω_j = 10000^(-j/(n/2)). Wan has no absolute position (RoPE only).
+    """
+    spatial = dim // 6 * 2
+    parts = []
+    for n, size in zip((dim - 2 * spatial, spatial, spatial), grid):
+        omega = torch.pow(10000.0, -torch.arange(n // 2, dtype=torch.float64, device=device) / (n // 2))
+        parts.append(torch.outer(torch.arange(size, dtype=torch.float64, device=device), omega))
+    t, h, w = (torch.cat([a.sin(), a.cos()], dim=1) for a in parts)
+    embedding = torch.cat(
+        [
+            t[:, None, None].expand(-1, grid.h, grid.w, -1),
+            h[None, :, None].expand(grid.t, -1, grid.w, -1),
+            w[None, None, :].expand(grid.t, grid.h, -1, -1),
+        ],
+        dim=-1,
+    )
+    return embedding.flatten(0, 2).float()
+
+
 class Head(nn.Module):
     """Final AdaLN-modulated LayerNorm and linear projection to patch pixels."""
 
@@ -61,6 +84,9 @@ class WanDiT(nn.Module):
     (the LightningModule supplies them); `attention` builds the strategy of every layer not in
     `full_attention_layers`, which keep `FullAttention`. `timestep_dtype: bfloat16` rounds t to bf16 before
     embedding, as the UltraGen release does (spacing 4 on [512, 1024), so gates and modulation see quantised t).
+    `absolute_position` adds `sincos_position_embedding` to the patch embeddings (off in Wan): RoPE alone gives
+    a small model trained for minutes no sense of where in the frame a token is, which prompts like "moving
+    rightwards" (start on the left) need; it has no weights, so Wan checkpoints load either way.
     """
 
     def __init__(
@@ -80,6 +106,7 @@ class WanDiT(nn.Module):
         attention: StrategyFactory = FullAttention,
         full_attention_layers: list[int] | None = None,
         timestep_dtype: Literal["float32", "bfloat16"] = "float32",
+        absolute_position: bool = False,
     ):
         super().__init__()
         if dim % num_heads:
@@ -95,6 +122,7 @@ class WanDiT(nn.Module):
         self.patch_size = tuple(patch_size)
         self.full_attention_layers = full
         self.timestep_dtype = getattr(torch, timestep_dtype)
+        self.absolute_position = absolute_position
 
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
@@ -146,6 +174,8 @@ class WanDiT(nn.Module):
             raise ValueError(f"latent has {x.shape[1]} channels but the DiT expects in_dim={self.in_dim}")
         grid = self.token_grid(*x.shape[2:])
         x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        if self.absolute_position:
+            x = x + sincos_position_embedding(self.dim, grid, x.device).to(x.dtype)
         freq = sinusoidal_embedding(self.freq_dim, t.to(self.timestep_dtype)).float()  # (B, freq_dim)
         t_emb = self.time_embedding(freq.to(x.dtype))  # (B, C)
         t_mod = self.time_projection(t_emb).unflatten(1, (6, self.dim))  # (B, 6, C)
