@@ -16,6 +16,7 @@ from ultragen.eval import (
     clip_score,
     compute_metrics,
     load_clip,
+    patch_clip_iqa,
     temporal_clip,
 )
 
@@ -82,7 +83,7 @@ def test_missing_weight_files_skip_their_metrics_with_one_named_warning_each(tmp
         values, skipped = compute_metrics(list(METRICS), [video], [video, video], ["a cat"],
                                           weights=MetricWeights(lpips=str(lpips)))
     assert set(values) == {"hd_mse", "temporal_ssim"}
-    assert set(skipped) == {"hd_lpips", "hd_fvd", "clip_score", "temporal_clip"}
+    assert set(skipped) == {"hd_lpips", "hd_fvd", "clip_score", "temporal_clip", "patch_clip_iqa"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3  # one per missing file; CLIP serves two metrics
     lpips_msg, fvd_msg, clip_msg = warnings
@@ -90,7 +91,7 @@ def test_missing_weight_files_skip_their_metrics_with_one_named_warning_each(tmp
     assert "MetricWeights.lpips" in lpips_msg and lpips_msg.endswith("skipping hd_lpips")
     assert str(tmp_path / "checkpoints/metrics/i3d_torchscript.pt") in fvd_msg and "dropbox.com" in fvd_msg
     assert str(tmp_path / "checkpoints/metrics/clip-vit-large-patch14/config.json") in clip_msg
-    assert "openai/clip-vit-large-patch14" in clip_msg and clip_msg.endswith("skipping clip_score, temporal_clip")
+    assert "openai/clip-vit-large-patch14" in clip_msg and clip_msg.endswith("skipping clip_score, temporal_clip, patch_clip_iqa")
     assert skipped["hd_lpips"] in lpips_msg and skipped["clip_score"] == skipped["temporal_clip"]
     r3d = compute_metrics(["hd_fvd"], [video], [video], settings=MetricSettings(fvd_backbone="r3d_18"))[1]
     assert str(tmp_path / "checkpoints/metrics/r3d_18-b3b3357e.pth") in r3d["hd_fvd"]
@@ -123,3 +124,33 @@ def test_every_metric_is_computed_when_the_weights_exist(random_weights, caplog)
     assert set(values) == set(METRICS) | {"hd_fvd_patches", "hd_fvd_reference_patches", "hd_fvd_coverage"}
     assert (values["hd_fvd_patches"], values["hd_fvd_reference_patches"], values["hd_fvd_coverage"]) == (10, 8, 1.0)
     assert all(isinstance(v, float) and v == v for v in values.values())
+
+
+class BrightnessClip:
+    """A weight-free stand-in with ClipFeatures' interface: a patch's embedding is (a, sqrt(1 - a²)) with a its mean
+    value / 255; "Good photo." embeds as (1, 0) and "Bad photo." as (0, 1). It records the patch shapes it sees."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def images(self, frames):
+        self.shapes += [tuple(f.shape) for f in frames]
+        a = frames.float().mean((1, 2, 3)) / 255
+        return torch.stack([a, (1 - a**2).sqrt()], dim=1)
+
+    def texts(self, texts):
+        assert list(texts) == ["Good photo.", "Bad photo."]
+        return torch.eye(2)
+
+
+def test_patch_clip_iqa_scores_native_patches_with_the_antonym_softmax():
+    """Frames of 2x3 patches of 32 px (plus an 8 px remainder, cut off centred), brightness 0.6 in every patch:
+    each patch scores softmax(100 * [0.6, 0.8])[0] = sigmoid(-20); two sampled frames -> 12 native patches."""
+    video = torch.full((3, 72, 104, 3), 153, dtype=torch.uint8)  # 153 / 255 = 0.6
+    clip = BrightnessClip()
+    score = patch_clip_iqa(video, clip, MetricSettings(patch=32, frames=2))
+    assert score == pytest.approx(torch.sigmoid(torch.tensor(100 * (0.6 - 0.8))).item(), rel=1e-4)
+    assert clip.shapes == [(3, 32, 32)] * 12
+    video[:, 4:36, 4:36] = 255  # the first patch of each frame (centred grid starts at 4, 4) is white: scores ~1
+    assert patch_clip_iqa(video, BrightnessClip(), MetricSettings(patch=32, frames=2)) == pytest.approx(
+        (1 + 5 * torch.sigmoid(torch.tensor(-20.0)).item()) / 6, rel=1e-4)

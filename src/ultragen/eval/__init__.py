@@ -1,7 +1,7 @@
 """Sample metrics as pure functions on video arrays: procedural-clip object metrics, the window-seam score, the
 native-resolution HD metrics, CLIP score and temporal consistency, and the `compute_metrics` suite."""
 
-from ultragen.eval.consistency import clip_score, temporal_clip, temporal_ssim
+from ultragen.eval.consistency import clip_score, patch_clip_iqa, temporal_clip, temporal_ssim
 from ultragen.eval.features import (
     ClipFeatures,
     MetricWeights,
@@ -64,6 +64,7 @@ __all__ = [
     "load_lpips",
     "load_video_backbone",
     "motion_direction",
+    "patch_clip_iqa",
     "patch_clips",
     "patch_features",
     "patch_tiling",

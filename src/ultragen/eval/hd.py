@@ -189,17 +189,24 @@ class PatchTiling:
         return self.rows * self.cols * self.patch**2 / (self.height * self.width)
 
 
+def patch_grid(height: int, width: int, settings: MetricSettings = DEFAULTS) -> tuple[int, int, int, int]:
+    """(rows, cols, top, left) of the non-overlapping `settings.patch` grid of a frame (remainder policy applied)."""
+    p = settings.patch
+    if height < p or width < p:
+        raise ValueError(f"frame {height}x{width} holds no {p}x{p} patch; patch metrics need frames of at least {p} "
+                         f"px per side (or a smaller MetricSettings.patch)")
+    rows, cols = height // p, width // p
+    top, left = ((height - rows * p) // 2, (width - cols * p) // 2) if settings.remainder == "center" else (0, 0)
+    return rows, cols, top, left
+
+
 def patch_tiling(frames: int, height: int, width: int, settings: MetricSettings = DEFAULTS) -> PatchTiling:
     """Patch grid and clips of a (frames, height, width) video under `settings` (patch, clip_frames, policies)."""
     p, t = settings.patch, settings.clip_frames
-    if height < p or width < p:
-        raise ValueError(f"frame {height}x{width} holds no {p}x{p} patch; HD-FVD needs frames of at least {p} px "
-                         f"per side (or a smaller MetricSettings.patch)")
+    rows, cols, top, left = patch_grid(height, width, settings)
     if frames < t:
         raise ValueError(f"a video of {frames} frames holds no {t}-frame clip; use longer videos or a smaller "
                          f"MetricSettings.clip_frames")
-    rows, cols = height // p, width // p
-    top, left = ((height - rows * p) // 2, (width - cols * p) // 2) if settings.remainder == "center" else (0, 0)
     if settings.frame_policy == "uniform":
         clips = (tuple(uniform_frames(frames, t)),)
     else:

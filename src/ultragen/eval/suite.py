@@ -4,7 +4,8 @@
 missing file skips every metric that needs it with one warning naming the file and where to get it; the reason is
 returned next to the values, so a report shows the gap instead of a number from random weights.
 
-Values: per-video metrics (`hd_mse`, `hd_lpips`, `clip_score`, `temporal_ssim`, `temporal_clip`) are means over
+Values: per-video metrics (`hd_mse`, `hd_lpips`, `clip_score`, `temporal_ssim`, `temporal_clip`,
+`patch_clip_iqa`) are means over
 the generated videos; `hd_fvd` comes with `hd_fvd_patches` and `hd_fvd_reference_patches` (patch-clip counts) and
 `hd_fvd_coverage` (mean pixel fraction of the generated frames inside a patch); the backbone is logged.
 """
@@ -18,15 +19,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ultragen.eval.consistency import clip_score, temporal_clip, temporal_ssim
+from ultragen.eval.consistency import clip_score, patch_clip_iqa, temporal_clip, temporal_ssim
 from ultragen.eval.features import MetricWeights, MissingWeightsError, load_clip, load_lpips, load_video_backbone
 from ultragen.eval.hd import DEFAULTS, MetricSettings, hd_fvd, hd_lpips, hd_mse
 from ultragen.eval.objects import Video
 
 log = logging.getLogger(__name__)
 
-METRICS: tuple[str, ...] = ("hd_mse", "hd_lpips", "hd_fvd", "clip_score", "temporal_ssim", "temporal_clip")
-BACKBONE_OF = {"hd_lpips": "lpips", "hd_fvd": "fvd", "clip_score": "clip", "temporal_clip": "clip"}
+METRICS: tuple[str, ...] = (
+    "hd_mse", "hd_lpips", "hd_fvd", "clip_score", "temporal_ssim", "temporal_clip", "patch_clip_iqa"
+)
+BACKBONE_OF = {
+    "hd_lpips": "lpips", "hd_fvd": "fvd", "clip_score": "clip", "temporal_clip": "clip", "patch_clip_iqa": "clip"
+}
 
 
 def _loaders(weights: MetricWeights, settings: MetricSettings) -> dict[str, Callable[[], nn.Module]]:
@@ -79,6 +84,7 @@ def compute_metrics(
         "clip_score": lambda v, i: clip_score(v, prompts[i], backbones["clip"], settings),
         "temporal_ssim": lambda v, _: temporal_ssim(v, settings),
         "temporal_clip": lambda v, _: temporal_clip(v, backbones["clip"], settings),
+        "patch_clip_iqa": lambda v, _: patch_clip_iqa(v, backbones["clip"], settings),
     }
     values: dict[str, float] = {}
     for name in dict.fromkeys(names):
