@@ -56,3 +56,40 @@ def test_unknown_option_is_rejected(monkeypatch):
     monkeypatch.setattr("sys.argv", ["ultragen"])
     with pytest.raises(SystemExit):
         ParseOnlyCLI(args=["-c", str(TINY), "--model.net.init_args.widht=3"], run=False)
+
+
+class ParseOnlyCommandCLI(ParseOnlyCLI):
+    """Parses a full `ultragen fit ...` command line (subcommand, --ckpt_path) and runs nothing."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def launch_arguments(script: Path, marker: str, env: dict[str, str]) -> list[str]:
+    """The arguments after `marker` in a launch script's command, its variables expanded from `env` and the script's
+    own `VAR=${VAR:-default}` lines, as the shell would."""
+    import re
+    import shlex
+
+    text = script.read_text().replace("\\\n", " ")
+    values = dict(re.findall(r'^(\w+)=\$\{\1:-"?(.*?)"?\}$', text, flags=re.M)) | env
+    (line,) = [line for line in text.splitlines() if marker in line and not line.lstrip().startswith("#")]
+    line = re.sub(r"\$\{?(\w+)(?::-[^}]*)?\}?", lambda m: values[m.group(1)], line.split(marker, 1)[1])
+    return shlex.split(line)
+
+
+@pytest.mark.parametrize("script,marker,env", [
+    ("scripts/slurm/train.sbatch", "srun ultragen", {"SLURM_NNODES": "4", "SLURM_NTASKS_PER_NODE": "8",
+                                                     "SLURM_JOB_ID": "123"}),
+    ("scripts/torchrun.sh", "-m ultragen", {"NNODES": "4", "GPUS": "8", "NODE_RANK": "0", "MASTER_ADDR": "h0",
+                                            "MASTER_PORT": "29500"}),
+])
+def test_multi_node_launch_scripts_parse_through_the_cli(script, marker, env, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["ultragen"])
+    args = launch_arguments(ROOT / script, marker, env)
+    assert args[0] == "fit" and args[-2:] == ["--ckpt_path", "last"]
+    cli = ParseOnlyCommandCLI(args=args)
+    trainer = cli.config.fit.trainer
+    assert (trainer.num_nodes, int(trainer.devices)) == (4, 8)  # Lightning reads devices="8" as 8
+    assert trainer.strategy.init_args.stage == 2 and cli.config.fit.ckpt_path == "last"
