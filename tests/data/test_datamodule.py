@@ -196,3 +196,43 @@ def test_ground_truth_in_the_shard_json_reaches_the_batch(shards, tmp_path):
     assert len(truths) == 2 and sorted(truths.values(), key=str) == sorted(want.values(), key=str)
     real = next(iter(shard_module(shards, test_shards=str(shards)).test_dataloader()))
     assert "truth" not in real  # clips without ground truth add no key
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_epoch_continues_with_the_uninterrupted_batches(shards, tmp_path, workers):
+    """A train loader restored from the state saved after k batches yields batches k+1.. of the uninterrupted epoch
+    (keys, crops, skip counts), also after a batch whose only clip failed to decode; the next epoch differs."""
+    good = next(s for s in read_samples(expand_shards(str(shards))) if s["__key__"].startswith("bikes"))
+    with ShardWriter(tmp_path, max_count=10) as writer:
+        writer.write({"__key__": "truncated", "mp4": good["mp4"][: len(good["mp4"]) // 2], "json": good["json"]})
+        writer.write({"__key__": "badjson", "mp4": good["mp4"], "json": b"{not json"})
+
+    def loader():
+        return shard_module(shards, train_shards=[str(shards), str(tmp_path)], tokens_per_batch=ONE_CLIP,
+                            batches_per_epoch=9, num_workers=workers).train_dataloader()
+
+    def content(batches):
+        return [(b["key"], int(b["skipped"]), b["video"]) for b in batches]
+
+    full = loader()
+    epoch = content(full)
+    assert sum(s for _, s, _ in epoch) > 0  # skips happened inside the epoch
+    undecoded = False
+    for k in range(1, 9):
+        first = loader()
+        batches = iter(first)
+        for _ in range(k):
+            next(batches)
+        state = first.state_dict()
+        assert state["epoch"] == 0 and state["batches"] == k
+        undecoded |= sum(state["consumed"].values()) > k  # a plan used without giving a batch
+        resumed = loader()
+        resumed.load_state_dict(state)
+        tail = content(resumed)
+        assert [(key, s) for key, s, _ in tail] == [(key, s) for key, s, _ in epoch[k:]]
+        assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(tail, epoch[k:]))  # same crops
+    assert undecoded
+    after = loader()
+    after.load_state_dict(full.state_dict())  # saved after the last batch: the next pass is epoch 1
+    assert [key for key, _, _ in content(after)] != [key for key, _, _ in epoch]
+    assert after.state_dict()["epoch"] == 1

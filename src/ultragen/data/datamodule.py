@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from ultragen.data.buckets import Bucket, TokenBudget, bucket_batches, nearest_bucket
+from ultragen.data.resumable import POSITION, ResumableLoader, trainer_epoch
 from ultragen.data.shards import (
     Skip,
     SkipCounter,
@@ -84,6 +85,14 @@ class ShardStream(IterableDataset):
 
     With `batches` set the shards cycle forever (reshuffled each pass when training) and each rank yields exactly
     `batches` batches; with `batches=None` the shards are read once and leftover partial batches are flushed.
+
+    Training order, shuffle and crops of a worker come from `random.Random` seeded by (seed, epoch, rank, worker),
+    so an epoch is the same in every run. `set_position(epoch, start, consumed)` resumes it after `start` batches
+    of the rank: each worker replays its part of the epoch up to batching (reading and planning, no decoding) and
+    drops the batch plans it had used, `consumed[part]` (a plan whose every clip failed to decode was used without
+    giving a batch, so training batches carry their part and plan count under `POSITION` for the checkpoint). The
+    DataLoader hands out worker batches round-robin from worker 0, so in a resumed epoch worker w plays the part of
+    worker (w + start) % num_workers and the rank's batches keep the uninterrupted order.
     """
 
     def __init__(
@@ -100,12 +109,19 @@ class ShardStream(IterableDataset):
         resize: bool = False,
         use_precomputed: bool = True,
         decode_threads: int = 0,
+        seed: int = 0,
     ):
         super().__init__()
         self.urls, self.buckets, self.budget = list(urls), list(buckets), budget
         self.batches, self.train, self.shuffle_buffer = batches, train, shuffle_buffer
         self.frame_stride, self.fps, self.crop, self.resize = frame_stride, fps, crop, resize
         self.use_precomputed, self.decode_threads = use_precomputed, decode_threads
+        self.seed, self.epoch, self.start, self.consumed = seed, 0, 0, {}
+
+    def set_position(self, epoch: int, start: int, consumed: dict[int, int]) -> None:
+        """The next iteration is epoch `epoch` of the stream after its first `start` batches on this rank, for which
+        worker part p used `consumed[p]` batch plans (none if absent)."""
+        self.epoch, self.start, self.consumed = epoch, start, dict(consumed)
 
     def __len__(self) -> int:
         if self.batches is None:
@@ -114,9 +130,9 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
-        urls = assign_shards(self.urls, rank, world_size, worker, num_workers)
-        # torch reseeds every worker (and the main process draws) per epoch: new order and crops each epoch
-        rng = random.Random(f"{int(torch.randint(1 << 62, ()))}-{rank}") if self.train else None
+        part = (worker + self.start) % num_workers  # the worker whose batch comes next in the rank's order
+        urls = assign_shards(self.urls, rank, world_size, part, num_workers)
+        rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{part}") if self.train else None
         skips = SkipCounter()
         stages = [partial(self._samples, urls, rng, skips)]
         if rng is not None and self.shuffle_buffer > 1:
@@ -124,12 +140,29 @@ class ShardStream(IterableDataset):
         stages += [
             wds.map(partial(self.plan, rng=rng, skips=skips), handler=skips),
             partial(bucket_batches, budget=self.budget, partial=self.batches is None),
-            wds.map(partial(self.materialize, skips=skips)),
+            partial(self._deliver, part=part, skips=skips),
             partial(self._count_skips, skips=skips, urls=urls),
         ]
         pipeline = wds.DataPipeline(*stages)
-        share = None if self.batches is None else worker_share(self.batches, worker, num_workers)
+        if self.batches is None:
+            return iter(pipeline)
+        share = worker_share(self.batches, part, num_workers) - worker_share(self.start, part, num_workers)
         return itertools.islice(iter(pipeline), share)
+
+    def _deliver(self, plans: Iterator[list[dict]], part: int, skips: SkipCounter) -> Iterator[dict]:
+        """Decode batch plans into batches; the plans used before a resume are dropped undecoded (their skips were
+        reported then), and training batches are marked (part, plans used) for `ResumableLoader`."""
+        used = self.consumed.get(part, 0) if self.start else 0
+        plans = iter(plans)
+        if used:
+            for _ in itertools.islice(plans, used):
+                pass
+            skips.take()
+        for group in plans:
+            used += 1
+            batch = self.materialize(group, skips)
+            if batch is not None:
+                yield batch if self.batches is None else batch | {POSITION: (part, used)}
 
     def _samples(self, urls: list[str], rng: random.Random | None, skips: SkipCounter) -> Iterator[dict]:
         """Raw samples of these shards: once, or cycled forever (reshuffled per pass when training)."""
@@ -276,6 +309,9 @@ class VideoShardDataModule(L.LightningDataModule):
     Workers hand over uint8 video; `on_after_batch_transfer` makes the float32 [-1, 1] batch on the device.
     Skipped (corrupt, truncated, unknown-member) samples travel as `batch["skipped"]` (count since the worker's
     previous batch; the LightningModule logs it as `data/skipped`) and add up in `self.skipped`.
+    Training order, shuffle and crops are a pure function of (`seed`, epoch, rank, worker), and the training loader
+    (`ResumableLoader`) saves its position in the epoch in checkpoints: a resumed run gets the batches the
+    uninterrupted one would have (`ShardStream` says where that stops). `seed` also numbers the `predict` prompts.
     """
 
     def __init__(
@@ -355,10 +391,13 @@ class VideoShardDataModule(L.LightningDataModule):
         workers = min(self.num_workers, len(urls) // world_size)
         if workers < self.num_workers:
             logger.info("%d shards over %d ranks: %d of %d workers", len(urls), world_size, workers, self.num_workers)
-        stream = ShardStream(urls, self.buckets, self.budget, batches, train, **self.stream_args)
+        stream = ShardStream(urls, self.buckets, self.budget, batches, train, seed=self.seed, **self.stream_args)
         # Lightning warns about every IterableDataset with __len__ (a length could be counted once per worker).
         # ShardStream's is exact, `worker_share` splits it over the workers: only this message is silenced.
         warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined", category=UserWarning)
+        if train:
+            epoch = partial(trainer_epoch, self)
+            return ResumableLoader(stream, seed=self.seed, epoch=epoch, batch_size=None, num_workers=workers)
         return DataLoader(stream, batch_size=None, num_workers=workers)
 
     def train_dataloader(self) -> DataLoader:

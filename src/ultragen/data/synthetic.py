@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from ultragen.data.procedural import Mode, random_scene, render, to_tensor
 from ultragen.data.prompts import PromptDataset
+from ultragen.data.resumable import ResumableLoader, ResumableSampler, trainer_epoch
 
 
 class SyntheticVideoDataset(Dataset):
@@ -34,7 +37,9 @@ class SyntheticVideoDataset(Dataset):
 class SyntheticVideoDataModule(L.LightningDataModule):
     """Procedural scenes (`ultragen.data.procedural`) at any resolution/length; `prompts` feeds `predict`.
 
-    Train, validation and test clips come from the scene sets `seed`, `seed + 1` and `seed + 2`.
+    Train, validation and test clips come from the scene sets `seed`, `seed + 1` and `seed + 2`. The training order
+    is a pure function of (`seed`, epoch) and checkpoints hold the position in the epoch (`ResumableLoader`), so a
+    resumed run sees the clips the uninterrupted one would have, with any number of workers.
     """
 
     def __init__(
@@ -54,9 +59,9 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset) -> DataLoader:
         h = self.hparams
-        return DataLoader(dataset, batch_size=h.batch_size, shuffle=shuffle, num_workers=h.num_workers,
+        return DataLoader(dataset, batch_size=h.batch_size, num_workers=h.num_workers,
                           persistent_workers=h.num_workers > 0)
 
     def _clips(self, size: int, seed: int) -> SyntheticVideoDataset:
@@ -64,13 +69,17 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         return SyntheticVideoDataset(size, h.frames, h.height, h.width, seed, tuple(h.counts or (1,)), h.mode)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._clips(self.hparams.train_size, self.hparams.seed), shuffle=True)
+        h = self.hparams
+        clips = self._clips(h.train_size, h.seed)
+        return ResumableLoader(clips, seed=h.seed, epoch=partial(trainer_epoch, self),
+                               sampler=ResumableSampler(clips, h.seed), batch_size=h.batch_size,
+                               num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._clips(self.hparams.val_size, self.hparams.seed + 1), shuffle=False)
+        return self._loader(self._clips(self.hparams.val_size, self.hparams.seed + 1))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._clips(self.hparams.val_size, self.hparams.seed + 2), shuffle=False)
+        return self._loader(self._clips(self.hparams.val_size, self.hparams.seed + 2))
 
     def predict_dataloader(self) -> DataLoader:
         if self.hparams.prompts is None:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 
 import lightning as L
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from ultragen.lit.evaluation import TestMetrics
 from ultragen.lit.module import VideoDiffusionModule
+
+
+log = logging.getLogger(__name__)
+
+
+def resumable_version(save_dir: str | Path, name: str) -> str | None:
+    """The newest `version_N` under save_dir/name whose checkpoints/ holds a last checkpoint, or None."""
+    numbers = [int(d.name[8:]) for d in Path(save_dir, name).glob("version_*")
+               if d.name[8:].isdigit() and any((d / "checkpoints").glob("last*.ckpt"))]
+    return f"version_{max(numbers)}" if numbers else None
 
 
 class ConfigError(ValueError):
@@ -48,6 +61,21 @@ class UltraGenCLI(LightningCLI):
         parser.add_lightning_class_args(TestMetrics, "evaluation")
         parser.add_argument("--metrics", type=list[str] | None, default=None, help="metrics of `test` (default: all)")
         parser.link_arguments("metrics", "evaluation.metrics")
+
+    def before_instantiate_classes(self) -> None:
+        """`fit --ckpt_path last` continues the newest run version that has a last checkpoint: a logger without a
+        fixed version would start a new, empty version directory, and Lightning looks for `last.ckpt` there."""
+        if self.subcommand != "fit" or self.config.fit.ckpt_path != "last":
+            return
+        logger = self.config.fit.trainer.logger
+        args = logger.init_args if isinstance(logger, Namespace) and "init_args" in logger else None
+        if args is None or args.get("version") is not None or args.get("save_dir") is None:
+            return
+        name = args.get("name") or "lightning_logs"
+        version = resumable_version(args.save_dir, name)
+        if version is not None:
+            args.version = version
+            log.info("--ckpt_path last: resuming %s", Path(args.save_dir, name, version))
 
     def instantiate_classes(self) -> None:
         try:

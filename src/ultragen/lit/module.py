@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ultragen.codecs.base import VideoCodec
 from ultragen.diffusion import EulerSampler, FlowMatching
+from ultragen.lit.resume import batch_generator, rng_states, set_rng_states
 from ultragen.models.blocks import DiTBlock
 from ultragen.models.wan import WanDiT
 from ultragen.text.base import TextEncoder
@@ -122,6 +123,7 @@ class VideoDiffusionModule(L.LightningModule):
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text_dropout={text_dropout} must be in [0, 1)")
         self.text_dropout = text_dropout
+        self.noise_seed = torch.initial_seed()  # `seed_everything`'s seed; the checkpoint keeps it for the resume
         if text_cache_size < 0:
             raise ValueError(f"text_cache_size={text_cache_size} must be >= 0 (0 disables the cache)")
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
@@ -193,18 +195,21 @@ class VideoDiffusionModule(L.LightningModule):
         return states
 
     @torch.no_grad()
-    def encode_batch(self, batch: dict, dropout: bool) -> tuple[Tensor, Tensor]:
-        """Latents and text states of a batch, precomputed ones when present; captions dropped with p=text_dropout."""
+    def encode_batch(
+        self, batch: dict, dropout: bool, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Latents and text states of a batch, precomputed ones when present; captions dropped with p=text_dropout
+        (drawn on the CPU from `generator`)."""
         latents = batch["latents"].float() if "latents" in batch else self.codec.encode(batch["video"]).float()
         if "text" in batch:
             text = batch["text"].float()
             if dropout and self.text_dropout > 0:
-                keep = torch.rand(text.shape[0], device=text.device) >= self.text_dropout
+                keep = (torch.rand(text.shape[0], generator=generator) >= self.text_dropout).to(text.device)
                 text = text * keep[:, None, None]  # precomputed text: dropped captions become the null context
         else:
             captions = list(batch["caption"])
             if dropout and self.text_dropout > 0:
-                drop = torch.rand(len(captions)) < self.text_dropout
+                drop = torch.rand(len(captions), generator=generator) < self.text_dropout
                 captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
             text = self.encode_text(captions)
         return latents, text
@@ -222,8 +227,12 @@ class VideoDiffusionModule(L.LightningModule):
         return self.flow.loss(pred, self.flow.target(latents, noise), weight.to(latents.device))
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        latents, text = self.encode_batch(batch, dropout=True)
-        loss = self.diffusion_loss(latents, text)
+        """Caption dropout, timesteps and noise come from `batch_generator(noise_seed, batch index, rank)`, not from
+        the global RNG: the same for a batch in every run, so a resumed run's losses equal the uninterrupted one's."""
+        index = self.trainer.fit_loop.epoch_loop.total_batch_idx
+        generator = batch_generator(self.noise_seed, index, self.global_rank)
+        latents, text = self.encode_batch(batch, dropout=True, generator=generator)
+        loss = self.diffusion_loss(latents, text, generator)
         self._tokens = latents.shape[0] * self.net.token_grid(*latents.shape[2:]).numel
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
         if "skipped" in batch:
@@ -277,13 +286,24 @@ class VideoDiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Frozen codec and text encoder are rebuilt from config, not stored (umT5-XXL alone is 11 GB)."""
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
-            del state[key]
+        """Frozen codec and text encoder are rebuilt from config, not stored (umT5-XXL alone is 11 GB); also from
+        the training weights that EMA moves to `current_model_state`. The noise seed and global RNG states are kept
+        for the resume."""
+        for name in ("state_dict", "current_model_state"):
+            state = checkpoint.get(name, {})
+            for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+                del state[key]
+        checkpoint["noise_seed"] = self.noise_seed
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.setdefault("state_dict", {})
-        for key, value in self.state_dict().items():
-            if key.startswith(FROZEN_PREFIXES):
-                state.setdefault(key, value)
+        """Puts the frozen weights back; when resuming a fit, restores the noise seed and the global RNG states
+        (which only third-party draws use: ours come from `batch_generator`)."""
+        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}
+        checkpoint["state_dict"] = frozen | checkpoint.get("state_dict", {})
+        if "current_model_state" in checkpoint:  # the training weights, when EMAWeightAveraging saved the average
+            checkpoint["current_model_state"] = frozen | checkpoint["current_model_state"]
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.noise_seed = checkpoint.get("noise_seed", self.noise_seed)
+            if "rng_states" in checkpoint:
+                set_rng_states(checkpoint["rng_states"])
