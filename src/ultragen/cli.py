@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "ultragen.lit.export:main",
     "data": "ultragen.data.cli:main",
     "cost": "ultragen.models.attention.cost:main",
+    "memory": "ultragen.memory:main",
     "ablate": "ultragen.ablation:main",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -27,6 +28,7 @@ HELP: dict[str, str] = {
     "predict": "sample mp4 videos from prompts (--ckpt_path, --data.init_args.prompts FILE)",
     "data": "build WebDataset shards from videos, the demo set, or precomputed latents (data build|demo|encode)",
     "cost": "per-layer attention FLOPs of a config on a token grid, and the ratio vs full attention",
+    "memory": "per-GPU training memory estimate for DDP, ZeRO-1/2/3 (+offload) and FSDP2 on a token grid",
     "export": "a Lightning or DeepSpeed ZeRO checkpoint -> one safetensors file of DiT weights",
     "ablate": "the paper's Table 4 ablation on procedural data, on a CPU",
 }
