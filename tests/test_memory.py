@@ -11,16 +11,14 @@ from torch import nn
 
 from ultragen.cli import main as cli
 from ultragen.lit.cli import UltraGenCLI
-from ultragen.lit.module import checkpoint_interval
+from ultragen.lit.recipe import DEFAULT_LORA_TARGETS
 from ultragen.memory import (
-    DEFAULT_LORA_TARGETS,
     PRECISIONS,
     SHARDINGS,
     Estimate,
     attention_saved,
     block_saved,
     build_net,
-    checkpoint_every,
     main,
     state_memory,
 )
@@ -45,7 +43,7 @@ CASES = {  # name -> (config files, `model:` overrides)
     "ultragen": ([TINY, TINY_UG], {}),
     "ultragen-strategy": ([TINY, TINY_UG], {"trainable": "strategy"}),
     "tiny-lora": ([TINY], {"trainable": "lora"}),
-    "ultragen-lora": ([TINY, TINY_UG], {"trainable": "lora", "lora_targets": ["self_attn.q", "ffn.0"]}),
+    "ultragen-lora": ([TINY, TINY_UG], {"trainable": "lora"}),  # default targets skip the strategy's own lora.q
 }
 
 
@@ -101,14 +99,6 @@ def test_cli_prints_the_exact_counts(case, capsys):
     trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
     assert f"parameters {total:,}, trainable ({module.hparams.trainable}) {trainable:,};" in out
     assert all(f"\n{s.name} " in out for s in SHARDINGS)
-
-
-def test_defaults_follow_the_module():
-    for setting in ("none", "blocks", 1, 3):
-        assert checkpoint_every(setting) == checkpoint_interval(setting)
-    for bad in (0, "often", True):
-        with pytest.raises(ValueError):
-            checkpoint_every(bad)
 
 
 @pytest.mark.parametrize("world_size", [1, 8])

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ultragen.lit.recipe import DEFAULT_LORA_RANK, DEFAULT_LORA_TARGETS, TRAINABLE, checkpoint_interval, select_trainable
 from ultragen.models.attention.base import AttentionStrategy, VideoGrid
 from ultragen.models.attention.cost import DEFAULT_MODEL, describe, import_class, load_configs, net_args
 from ultragen.models.attention.full import FullAttention
@@ -47,9 +48,6 @@ from ultragen.models.attention.multiscale import MultiScaleWindowAttention
 from ultragen.models.attention.window import LocalWindowAttention, window_layout
 
 # VideoDiffusionModule's defaults for what the config may leave out (tests/test_memory.py checks them).
-DEFAULT_LORA_RANK = 64
-DEFAULT_LORA_TARGETS = ("q", "k", "v", "o", "ffn.0", "ffn.2")
-TRAINABLE = ("all", "strategy", "lora")
 MiB, GiB = 2**20, 2**30
 
 
@@ -143,8 +141,6 @@ def build_net(
 
     all: every weight; strategy: `*.strategy.*`; lora: peft LoRA adapters on `lora_targets`, only `lora_*` trainable.
     """
-    if trainable not in TRAINABLE:
-        raise ValueError(f"model.trainable={trainable!r} is not supported; choose one of {list(TRAINABLE)}")
     args = dict(net.get("init_args") or {})
     for key in ("dim", "ffn_dim", "num_heads", "num_layers"):
         if key not in args:
@@ -159,26 +155,7 @@ def build_net(
         args["attention"] = partial(import_class(spec["class_path"]), **dict(spec.get("init_args") or {}))
     with torch.device("meta"):
         model = import_class(net.get("class_path") or "ultragen.models.wan.WanDiT")(**args)
-        if trainable == "lora":
-            from peft import LoraConfig, inject_adapter_in_model
-
-            config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, target_modules=list(lora_targets))
-            model = inject_adapter_in_model(config, model)
-    marker = {"all": "", "strategy": ".strategy.", "lora": "lora_"}[trainable]
-    for name, p in model.named_parameters():
-        p.requires_grad_(marker in name)
-    return model
-
-
-def checkpoint_every(setting: str | int) -> int:
-    """`activation_checkpointing` as a block interval: none -> 0, blocks -> 1, n -> n (VideoDiffusionModule's)."""
-    if setting in ("none", "blocks"):
-        return int(setting == "blocks")
-    if isinstance(setting, str) and setting.isdigit():
-        setting = int(setting)
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-        raise ValueError(f"activation_checkpointing={setting!r}; use none, blocks or a block interval n >= 1")
-    return setting
+        return select_trainable(model, trainable, lora_rank, lora_alpha, lora_targets)
 
 
 #################################################################################
@@ -504,7 +481,8 @@ def main(argv: list[str]) -> str:
     text_len = args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512
     trainable = args.trainable or model.get("trainable") or "all"
     try:
-        every = checkpoint_every(args.activation_checkpointing or model.get("activation_checkpointing") or "none")
+        setting = args.activation_checkpointing or model.get("activation_checkpointing") or "none"
+        every = checkpoint_interval(int(setting) if str(setting).isdigit() else setting)
         built = build_net(
             net, args.in_dim, args.text_dim, trainable, model.get("lora_rank", DEFAULT_LORA_RANK),
             model.get("lora_alpha"), model.get("lora_targets") or DEFAULT_LORA_TARGETS,

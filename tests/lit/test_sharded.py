@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ultragen.lit.export import export_dit
-from ultragen.lit.module import checkpoint_blocks, checkpoint_interval
+from ultragen.lit.recipe import checkpoint_blocks, checkpoint_interval
 from ultragen.models.attention import UltraGenAttention
 from ultragen.models.wan import WanDiT
 

@@ -8,20 +8,24 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import grad_norm
-from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch import Tensor
 
 from ultragen.codecs.base import VideoCodec
 from ultragen.diffusion import EulerSampler, FlowMatching
+from ultragen.lit.recipe import (
+    DEFAULT_LORA_RANK,
+    DEFAULT_LORA_TARGETS,
+    checkpoint_blocks,
+    checkpoint_interval,
+    select_trainable,
+)
 from ultragen.lit.resume import batch_generator, rng_states, set_rng_states
-from ultragen.models.blocks import DiTBlock
 from ultragen.models.wan import WanDiT
 from ultragen.text.base import TextEncoder
 
@@ -52,32 +56,6 @@ class SamplingConfig:
     negative_prompt: str = RELEASE_NEGATIVE_PROMPT
 
 
-def checkpoint_interval(setting: str | int) -> int:
-    """`activation_checkpointing` as a block interval: "none" -> 0, "blocks" -> 1 (every block), n -> every n-th."""
-    if setting in ("none", "blocks"):
-        return int(setting == "blocks")
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-        raise ValueError(
-            f"activation_checkpointing={setting!r} is not supported; use 'none', 'blocks' or a block interval n >= 1"
-        )
-    return setting
-
-
-def checkpoint_blocks(net: nn.Module, every_n: int) -> list[int]:
-    """Recompute the activations of every `every_n`-th DiT block (0, n, 2n, ...) in backward; returns their indices.
-
-    Non-reentrant `torch.utils.checkpoint` replaces each chosen block's `forward` on the instance instead of wrapping
-    the block in a new module: parameter names stay Wan's, and DeepSpeed ZeRO-3, which hooks every submodule,
-    sees no wrapper (torch's `CheckpointWrapper` fails under ZeRO-3 with "'CheckpointWrapper' object has no
-    attribute '_ds_child_entered'").
-    """
-    blocks = [m for m in net.modules() if isinstance(m, DiTBlock)]
-    chosen = list(range(0, len(blocks), every_n))
-    for i in chosen:
-        blocks[i].forward = partial(checkpoint, blocks[i].forward, use_reentrant=False)
-    return chosen
-
-
 class VideoDiffusionModule(L.LightningModule):
     """Flow-matching fine-tuning of a WanDiT; `net` is built here with in_dim/text_dim from codec/text encoder.
 
@@ -101,7 +79,7 @@ class VideoDiffusionModule(L.LightningModule):
         text_dropout: float = 0.1,
         text_cache_size: int = 0,
         trainable: Literal["all", "strategy", "lora"] = "all",
-        lora_rank: int = 64,
+        lora_rank: int = DEFAULT_LORA_RANK,
         lora_alpha: float | None = None,
         lora_targets: list[str] | None = None,
         activation_checkpointing: Literal["none", "blocks"] | int = "none",
@@ -127,23 +105,14 @@ class VideoDiffusionModule(L.LightningModule):
         if text_cache_size < 0:
             raise ValueError(f"text_cache_size={text_cache_size} must be >= 0 (0 disables the cache)")
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
-        self._select_trainable(trainable, lora_rank, lora_alpha, lora_targets or ["q", "k", "v", "o", "ffn.0", "ffn.2"])
+        self._select_trainable(trainable, lora_rank, lora_alpha, lora_targets or list(DEFAULT_LORA_TARGETS))
         self.checkpoint_every = checkpoint_interval(activation_checkpointing)
         self._batch_start = 0.0
 
     # ------------------------------------------------------------------ setup
     def _select_trainable(self, trainable: str, rank: int, alpha: float | None, targets: list[str]) -> None:
-        """all: every DiT weight; strategy: only `*.strategy.*`; lora: peft LoRA adapters on `targets`."""
-        if trainable == "lora":
-            from peft import LoraConfig, inject_adapter_in_model
-
-            config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets)
-            self.net = inject_adapter_in_model(config, self.net)
-            for name, p in self.net.named_parameters():
-                p.requires_grad_("lora_" in name)
-        elif trainable == "strategy":
-            for name, p in self.net.named_parameters():
-                p.requires_grad_(".strategy." in name)
+        """`ultragen.lit.recipe.select_trainable`, logged; raises if nothing is left to train."""
+        self.net = select_trainable(self.net, trainable, rank, alpha, targets)
         n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
         if n_train == 0:
             raise ValueError(f"trainable={trainable!r} leaves no trainable parameter in this network")

@@ -1,0 +1,65 @@
+"""What a training run changes on the DiT, shared by `VideoDiffusionModule` and `ultragen memory` (which must not
+import Lightning): the trainable selection and the activation-checkpointing schedule. Kept out of `models/`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ultragen.models.blocks import DiTBlock
+
+TRAINABLE = ("all", "strategy", "lora")
+DEFAULT_LORA_RANK = 64
+# Wan's attention projections and FFN, named from the block so that peft's suffix match skips the strategies' own
+# `...strategy.*_branch.lora.q` projections (peft cannot wrap those; bare "q" would select them too).
+DEFAULT_LORA_TARGETS = tuple(f"{attn}.{p}" for attn in ("self_attn", "cross_attn") for p in "qkvo") + ("ffn.0", "ffn.2")
+
+
+def select_trainable(
+    net: nn.Module,
+    trainable: str,
+    rank: int = DEFAULT_LORA_RANK,
+    alpha: float | None = None,
+    targets: Sequence[str] = DEFAULT_LORA_TARGETS,
+) -> nn.Module:
+    """all: every DiT weight; strategy: only `*.strategy.*`; lora: peft LoRA adapters on `targets`, only `lora_*`
+    trainable. Returns the network (peft injects the adapters in place)."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"model.trainable={trainable!r} is not supported; choose one of {list(TRAINABLE)}")
+    if trainable == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        net = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets)), net)
+    marker = {"all": "", "strategy": ".strategy.", "lora": "lora_"}[trainable]
+    for name, p in net.named_parameters():
+        p.requires_grad_(marker in name)
+    return net
+
+
+def checkpoint_interval(setting: str | int) -> int:
+    """`activation_checkpointing` as a block interval: "none" -> 0, "blocks" -> 1 (every block), n -> every n-th."""
+    if setting in ("none", "blocks"):
+        return int(setting == "blocks")
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(
+            f"activation_checkpointing={setting!r} is not supported; use 'none', 'blocks' or a block interval n >= 1"
+        )
+    return setting
+
+
+def checkpoint_blocks(net: nn.Module, every_n: int) -> list[int]:
+    """Recompute the activations of every `every_n`-th DiT block (0, n, 2n, ...) in backward; returns their indices.
+
+    Non-reentrant `torch.utils.checkpoint` replaces each chosen block's `forward` on the instance instead of wrapping
+    the block in a new module: parameter names stay Wan's, and DeepSpeed ZeRO-3, which hooks every submodule,
+    sees no wrapper (torch's `CheckpointWrapper` fails under ZeRO-3 with "'CheckpointWrapper' object has no
+    attribute '_ds_child_entered'").
+    """
+    blocks = [m for m in net.modules() if isinstance(m, DiTBlock)]
+    chosen = list(range(0, len(blocks), every_n))
+    for i in chosen:
+        blocks[i].forward = partial(checkpoint, blocks[i].forward, use_reentrant=False)
+    return chosen
