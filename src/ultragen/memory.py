@@ -31,7 +31,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +38,7 @@ from torch import nn
 
 from ultragen.lit.recipe import DEFAULT_LORA_RANK, DEFAULT_LORA_TARGETS, TRAINABLE, checkpoint_interval, select_trainable
 from ultragen.models.attention.base import AttentionStrategy, VideoGrid
-from ultragen.models.attention.cost import DEFAULT_MODEL, describe, import_class, load_configs, net_args
+from ultragen.models.attention.cost import add_config_arguments, describe, import_class, net_args, read_config
 from ultragen.models.attention.full import FullAttention
 from ultragen.models.attention.global_compressed import Compression, GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
@@ -434,7 +433,7 @@ def grid_arg(text: str) -> VideoGrid:
 def main(argv: list[str]) -> str:
     """`ultragen memory -c config.yaml [-c ...] --grid TxHxW --world-size N`: per-GPU training memory estimate."""
     parser = argparse.ArgumentParser(prog="ultragen memory", description=main.__doc__)
-    parser.add_argument("-c", "--config", action="append", required=True, help="YAML files, merged in order")
+    add_config_arguments(parser)
     parser.add_argument("--grid", required=True, type=grid_arg, help="token grid TxHxW, e.g. 21x68x120")
     parser.add_argument("--world-size", required=True, type=positive, help="number of GPUs (ranks)")
     parser.add_argument("--sp-degree", type=positive, default=1, help="sequence-parallel ranks per clip (default 1)")
@@ -448,10 +447,6 @@ def main(argv: list[str]) -> str:
         "--activation-checkpointing",
         help="none | blocks | n (default: the config's model.activation_checkpointing, else none)",
     )
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL,
-        help=f"model preset merged before the -c files (default {DEFAULT_MODEL}; 'none' to skip)",
-    )
     parser.add_argument("--in-dim", type=positive, default=16, help="latent channels (default 16, Wan-VAE)")
     parser.add_argument("--text-dim", type=positive, default=4096, help="text-state width (default 4096, umT5-XXL)")
     parser.add_argument(
@@ -459,15 +454,7 @@ def main(argv: list[str]) -> str:
     )
     parser.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory in GiB for the last column (default 80)")
     args = parser.parse_args(argv)
-    paths = list(args.config)
-    if args.model != "none":
-        if not Path(args.model).is_file():
-            parser.error(f"model preset {args.model} not found; pass --model PATH or --model none with dims in -c")
-        paths.insert(0, args.model)
-    for path in paths:
-        if not Path(path).is_file():
-            parser.error(f"config {path} not found")
-    config = load_configs(paths)
+    config = read_config(parser, args)
     model = config.get("model") or {}
     precision = args.precision or (config.get("trainer") or {}).get("precision") or "bf16-mixed"
     if precision not in PRECISIONS:

@@ -225,25 +225,38 @@ def report(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: in
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> str:
-    """`ultragen cost --grid TxHxW -c config.yaml [-c ...]`: per-layer attention FLOPs and ratios vs full."""
-    parser = argparse.ArgumentParser(prog="ultragen cost", description=main.__doc__)
-    parser.add_argument("--grid", required=True, type=VideoGrid.parse, help="token grid TxHxW, e.g. 21x68x120")
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`-c/--config` (repeatable) and `--model`, the preset merged before them, of the config-reading tools."""
     parser.add_argument("-c", "--config", action="append", required=True, help="YAML files, merged in order")
     parser.add_argument(
         "--model", default=DEFAULT_MODEL,
         help=f"model preset merged before the -c files (default {DEFAULT_MODEL}; 'none' to skip)",
     )
-    parser.add_argument(
-        "--text-len", type=int, help="text tokens in cross-attention (default: the text encoder's max_length or 512)"
-    )
-    args = parser.parse_args(argv)
+
+
+def read_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The merged config of `--model` and the `-c` files; a missing file is a one-line parser error."""
     paths = list(args.config)
     if args.model != "none":
         if not Path(args.model).is_file():
             parser.error(f"model preset {args.model} not found; pass --model PATH or --model none with dims in -c")
         paths.insert(0, args.model)
-    config = load_configs(paths)
+    for path in paths:
+        if not Path(path).is_file():
+            parser.error(f"config {path} not found")
+    return load_configs(paths)
+
+
+def main(argv: list[str]) -> str:
+    """`ultragen cost --grid TxHxW -c config.yaml [-c ...]`: per-layer attention FLOPs and ratios vs full."""
+    parser = argparse.ArgumentParser(prog="ultragen cost", description=main.__doc__)
+    parser.add_argument("--grid", required=True, type=VideoGrid.parse, help="token grid TxHxW, e.g. 21x68x120")
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--text-len", type=int, help="text tokens in cross-attention (default: the text encoder's max_length or 512)"
+    )
+    args = parser.parse_args(argv)
+    config = read_config(parser, args)
     model, net = config.get("model") or {}, net_args(config)
     text_len = args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512
     return report(build_strategies(net), args.grid, net.get("ffn_dim"), int(text_len))
