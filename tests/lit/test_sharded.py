@@ -60,7 +60,10 @@ def test_bad_checkpoint_interval_names_the_choices():
 def test_zero3_with_activation_checkpointing_trains_on_two_processes_and_exports(tmp_path, monkeypatch):
     """The documented 4K path: ZeRO-3, every block checkpointed, UltraGen attention, 2 gloo processes."""
     monkeypatch.chdir(ROOT)
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
+    # a fresh rendezvous: an earlier in-process distributed test leaves MASTER_PORT (its store still listening) behind
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env = inherited | {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     subprocess.run(
         [sys.executable, "-m", "ultragen", "fit", "-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml",
          "-c", "configs/trainer/deepspeed_cpu.yaml", "--trainer.strategy.stage=3", "--trainer.devices=2",
