@@ -65,6 +65,11 @@ def frames_layout(video: Video) -> np.ndarray:
     raise ValueError(f"video of shape {tuple(array.shape)} is not (F, H, W, 3) or (3, F, H, W)")
 
 
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """A video in [-1, 1] (any float dtype and layout) as uint8 in [0, 255], the layout the metrics read."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def as_frames(video: Video) -> np.ndarray:
     """(F, H, W, 3) uint8 numpy frames of an (F, H, W, 3) or (3, F, H, W) uint8 array or tensor."""
     frames = frames_layout(video)

@@ -99,7 +99,7 @@ class ProceduralMetrics(L.Callback):
     the module's sampling size with seeds 0..num_videos-1, then scored by `ultragen.eval.score_samples`: colour and
     direction accuracy, count and trajectory error, logged as `samples/*`. The frame strip goes to TensorBoard
     (`samples/strip`) and, when `strip` is set, to that PNG; `samples/by_step` shows the middle frames of every
-    validation so far side by side; `last` holds the latest metrics.
+    validation so far side by side.
     """
 
     def __init__(
@@ -116,7 +116,6 @@ class ProceduralMetrics(L.Callback):
             raise ValueError(f"num_videos={num_videos} must be >= 1")
         self.scenes = procedural_prompts(num_videos, seed, tuple(counts or (1,)), mode)
         self.steps, self.every_n_epochs, self.strip = steps, every_n_epochs, strip
-        self.last: dict[str, float] = {}
         self.history: list[tuple[int, list[np.ndarray]]] = []
 
     def evaluate(self, pl_module) -> tuple[dict[str, float], Tensor]:
@@ -131,7 +130,6 @@ class ProceduralMetrics(L.Callback):
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:
             return
         metrics, videos = self.evaluate(pl_module)
-        self.last = metrics
         for name, value in metrics.items():
             if name != "n":
                 pl_module.log(f"samples/{name}", float(value), rank_zero_only=True)

@@ -9,6 +9,7 @@ HParams entry. `AttentionCostTable` writes the per-layer attention FLOPs of the 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import zlib
@@ -16,13 +17,12 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from ultragen.data.procedural import Truth
 from ultragen.eval.figures import frame_strip
-from ultragen.eval.objects import score_samples
+from ultragen.eval.objects import score_samples, to_uint8
 from ultragen.eval.features import MetricWeights
 from ultragen.eval.hd import MetricSettings
 from ultragen.eval.suite import METRICS, compute_metrics
@@ -39,27 +39,24 @@ def prompt_seed(prompt: str, base: int = 0) -> int:
     return base + zlib.crc32(prompt.encode("utf-8"))
 
 
-def to_uint8(video: Tensor) -> Tensor:
-    """(3, F, H, W) uint8, or float in [-1, 1] -> (F, H, W, 3) uint8."""
-    if video.dtype != torch.uint8:
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return video.permute(1, 2, 3, 0).cpu()
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary name, then rename: a killed run never leaves a half-written table."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def write_table(values: dict[str, float], skipped: dict[str, str], out_dir: Path, info: dict) -> tuple[Path, Path]:
     """`test_metrics.json` (values, skipped metrics with their reason, run info) and `test_metrics.csv`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / "test_metrics.json", out_dir / "test_metrics.csv"
-    tmp = json_path.with_name(json_path.name + ".partial")
-    tmp.write_text(json.dumps({"metrics": values, "skipped": skipped} | info, indent=2) + "\n")
-    tmp.replace(json_path)
-    tmp = csv_path.with_name(csv_path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["metric", "value", "skipped"])
-        writer.writerows([name, repr(float(value)), ""] for name, value in values.items())
-        writer.writerows([name, "", reason] for name, reason in skipped.items())
-    tmp.replace(csv_path)
+    write_atomic(json_path, json.dumps({"metrics": values, "skipped": skipped} | info, indent=2) + "\n")
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["metric", "value", "skipped"])
+    writer.writerows([name, repr(float(value)), ""] for name, value in values.items())
+    writer.writerows([name, "", reason] for name, reason in skipped.items())
+    write_atomic(csv_path, table.getvalue())
     return json_path, csv_path
 
 
@@ -90,7 +87,6 @@ class TestMetrics(L.Callback):
         self.metrics = list(METRICS if metrics is None else metrics)
         self.weights, self.settings = weights or MetricWeights(), settings or MetricSettings()
         self.max_videos, self.steps, self.seed = max_videos, steps, seed
-        self.last: dict[str, float] = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self.generated: list[Tensor] = []
@@ -105,9 +101,9 @@ class TestMetrics(L.Callback):
         prompts = list(batch["caption"][:room])
         seeds = [prompt_seed(p, self.seed) for p in prompts]
         videos = generate_with_steps(pl_module, prompts, seeds, self.steps)  # (B, 3, F, H, W) uint8
-        self.generated += [to_uint8(v) for v in videos]
+        self.generated += list(videos)
         if "video" in batch:
-            self.references += [to_uint8(v) for v in batch["video"][:room]]
+            self.references += [to_uint8(v).cpu() for v in batch["video"][:room]]
         truths = batch.get("truth") or [None] * len(prompts)
         self.truths += [None if t is None else Truth.from_json(t) for t in truths[:room]]
         self.prompts += prompts
@@ -121,7 +117,6 @@ class TestMetrics(L.Callback):
         if scored:
             objects = score_samples([v for v, _ in scored], [t for _, t in scored])
             values |= {name: float(objects[name]) for name in OBJECT_METRICS}
-        self.last = values
         for name, value in values.items():
             pl_module.log(f"test/{name}", value, rank_zero_only=True)
         if not trainer.is_global_zero:

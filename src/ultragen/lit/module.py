@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ultragen.codecs.base import VideoCodec
 from ultragen.diffusion import EulerSampler, FlowMatching
+from ultragen.eval.objects import to_uint8
 from ultragen.lit.recipe import (
     DEFAULT_LORA_RANK,
     DEFAULT_LORA_TARGETS,
@@ -247,7 +248,7 @@ class VideoDiffusionModule(L.LightningModule):
         sampler = EulerSampler(steps=s.steps, shift=s.shift, guidance_scale=s.guidance_scale)
         latents = sampler.sample(self.velocity, noise.to(self.device, dtype), context, negative, progress=progress)
         video = self.codec.decode(latents.float())
-        return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        return to_uint8(video).cpu()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         seeds = [int(s) for s in batch["seed"]]
