@@ -35,10 +35,6 @@ from ultragen.data.video import cover_size, decode_frames, frame_indices, frame_
 
 logger = logging.getLogger(__name__)
 
-# Lightning warns about every IterableDataset with __len__ (a length could be counted once per worker).
-# ShardStream's is exact (`worker_share` splits it over the workers): only this message is silenced.
-warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined", category=UserWarning)
-
 PRECOMPUTED = ("latents.safetensors", "text.safetensors")
 
 
@@ -396,6 +392,10 @@ class VideoShardDataModule(L.LightningDataModule):
         if workers < self.num_workers:
             logger.info("%d shards over %d ranks: %d of %d workers", len(urls), world_size, workers, self.num_workers)
         stream = ShardStream(urls, self.buckets, self.budget, batches, train, seed=self.seed, **self.stream_args)
+        # Lightning warns about every IterableDataset with __len__ (a length could be counted once per worker).
+        # ShardStream's is exact (`worker_share` splits it over the workers): only this message is silenced, here
+        # rather than at import, so that it holds inside any `warnings.catch_warnings` block the loader is built in.
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined", category=UserWarning)
         if train:
             epoch = partial(trainer_epoch, self)
             return ResumableLoader(stream, seed=self.seed, epoch=epoch, batch_size=None, num_workers=workers)
