@@ -35,16 +35,22 @@ from ultragen.text import TextEncoder
 CAR = real_clip_dir() / "carphone_pristine.mp4"  # 176x144
 
 
-def rotated_clip(path: Path, rotation: int, height: int = 144, width: int = 176, frames: int = 5) -> np.ndarray:
+def rotated_clip(path: Path, rotation: int, height: int = 144, width: int = 176, frames: int = 5,
+                 matrix: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """A landscape clip stored with a display matrix (as a phone writes a portrait video, rotation -90: turn it
-    clockwise to show it); returns its frame as stored, a bright block at the top left of a gradient."""
+    clockwise to show it), or with `matrix` (a, b, c, d) when given; returns its frame as stored, a bright block
+    at the top left of a gradient."""
     image = np.zeros((height, width, 3), np.uint8)
     image[..., 1] = np.linspace(0, 160, width, dtype=np.uint8)
     image[:48, :64] = 255
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=8)
         stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
-        stream.set_display_rotation(rotation)
+        if matrix is None:
+            stream.set_display_rotation(rotation)
+        else:
+            a, b, c, d = (v << 16 for v in matrix)
+            stream.set_display_matrix([a, b, 0, c, d, 0, 0, 0, 1 << 30])
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = i
@@ -53,6 +59,17 @@ def rotated_clip(path: Path, rotation: int, height: int = 144, width: int = 176,
     with av.open(str(path)) as container:
         assert next(container.decode(video=0)).rotation % 360 == rotation % 360  # PyAV reports the rotation
     return image
+
+
+def stored_frame(tmp_path: Path, buckets: list[Bucket]) -> tuple[dict, np.ndarray]:
+    """Build shards of tmp_path/phone.mp4; the first clip's json and first frame as stored."""
+    report = build_shards([VideoItem(tmp_path / "phone.mp4", "a phone video", "phone.mp4")], tmp_path / "out",
+                          buckets, max_clips=1, progress=False)
+    (sample,) = read_samples([str(report.shards[0][0])])
+    with av.open(io.BytesIO(sample["mp4"])) as container:
+        frame = next(container.decode(video=0))
+        assert frame.rotation == 0
+        return json.loads(sample["json"]), frame.to_ndarray(format="rgb24").astype(int)
 BUILD = ["--frames", "5", "--size", "144x176", "--max-clips", "1"]
 
 
@@ -379,15 +396,33 @@ def test_lightnings_iterable_len_warning_alone_is_filtered(tmp_path):
 def test_rotated_clip_is_stored_upright_in_the_matching_bucket(tmp_path, rotation):
     image = rotated_clip(tmp_path / "phone.mp4", rotation)
     shown = np.rot90(image, k=rotation // 90)  # the display matrix turns the frame counterclockwise by `rotation`
-    buckets = [Bucket(144, 176, 5), Bucket(176, 144, 5)]
-    report = build_shards([VideoItem(tmp_path / "phone.mp4", "a phone video", "phone.mp4")], tmp_path / "out",
-                          buckets, max_clips=1, progress=False)
-    (sample,) = read_samples([str(report.shards[0][0])])
-    meta = json.loads(sample["json"])
+    meta, stored = stored_frame(tmp_path, [Bucket(144, 176, 5), Bucket(176, 144, 5)])
     assert (meta["height"], meta["width"]) == shown.shape[:2] and meta["source_size"] == list(shown.shape[:2])
-    with av.open(io.BytesIO(sample["mp4"])) as container:
-        frame = next(container.decode(video=0))
-        assert frame.rotation == 0
-        stored = frame.to_ndarray(format="rgb24").astype(int)
     assert np.abs(stored - shown).mean() < 3  # upright, up to h264
     assert np.abs(stored - np.rot90(shown, 2)).mean() > 30
+
+
+# display matrix (a, b, c, d), the rotation FFmpeg reports for it (mirrors are lost there), how it is shown
+MIRRORS = {
+    "horizontal mirror": ((-1, 0, 0, 1), 180, lambda image: image[:, ::-1]),
+    "vertical mirror": ((1, 0, 0, -1), 0, lambda image: image[::-1]),
+    "transpose": ((0, 1, 1, 0), -90, lambda image: image.transpose(1, 0, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(MIRRORS))
+def test_mirrored_clip_is_stored_as_displayed(tmp_path, name):
+    matrix, reported, display = MIRRORS[name]
+    image = rotated_clip(tmp_path / "phone.mp4", reported, matrix=matrix)
+    shown = display(image)
+    meta, stored = stored_frame(tmp_path, [Bucket(144, 176, 5), Bucket(176, 144, 5)])
+    assert (meta["height"], meta["width"]) == shown.shape[:2]
+    assert np.abs(stored - shown).mean() < 3
+    assert np.abs(stored - np.rot90(image, reported // 90)).mean() > 30  # not what the reported rotation gives
+
+
+def test_display_matrix_that_is_not_a_quarter_turn_or_flip_skips_the_clip(tmp_path):
+    rotated_clip(tmp_path / "phone.mp4", 0, matrix=(2, 0, 0, 2))
+    report = build_shards([VideoItem(tmp_path / "phone.mp4", "a phone video", "phone.mp4")], tmp_path / "out",
+                          [Bucket(144, 176, 5)], max_clips=1, progress=False)
+    assert report.clips == 0 and report.counts() == {"decode: unsupported display matrix": 1}

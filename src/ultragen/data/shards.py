@@ -491,7 +491,7 @@ def cut_clips(
     preset: str = "medium",
     threads: int = 1,
 ) -> Iterator[dict[str, bytes]]:
-    """Consecutive clips of one video as shard samples: display rotation applied (mirror flags are not read, see
+    """Consecutive clips of one video as shard samples: display rotation and mirror flips applied (see
     `display_orientation`), nearest-aspect bucket, cover-resize, centre crop, h264."""
     with open_video(item.path) as (container, stream):
         source_fps = stream_fps(stream)
@@ -503,9 +503,9 @@ def cut_clips(
         if first is None:
             return
         try:
-            orientation = display_orientation(first)
+            orientation = display_orientation(item.path, first)
         except ValueError as exn:
-            raise SkipError(Skip(item.name, "decode", "unsupported rotation", str(exn))) from exn
+            raise SkipError(Skip(item.name, "decode", "unsupported display matrix", str(exn))) from exn
         height, width = (stream.width, stream.height) if transposes(orientation) else (stream.height, stream.width)
         bucket = nearest_bucket(buckets, height, width)
         size = cover_size(height, width, bucket.height, bucket.width)  # as displayed

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -112,16 +114,84 @@ Orientation = tuple[int, int, int, int]
 QUARTER_TURNS: dict[int, Orientation | None] = {0: None, 90: (0, -1, 1, 0), 180: (-1, 0, 0, -1), 270: (0, 1, -1, 0)}
 
 
-def display_orientation(frame: av.VideoFrame) -> Orientation | None:
-    """The display rotation of the frame's stream (a phone's portrait video: -90) as a matrix, None for none.
+def display_orientation(source: VideoSource, frame: av.VideoFrame) -> Orientation | None:
+    """How the first video stream of `source` is to be shown (rotation and mirror flips), None for as stored.
 
-    Read through `frame.rotation`: reading `frame.side_data` itself (for mirror flags) made forked DataLoader workers
-    crash later with PyAV 18, so mirror flags are not applied. Raises ValueError unless a multiple of 90 degrees.
+    MP4/MOV (ISO BMFF): the display matrix of the first video track's `tkhd` box, read from the file itself, so a
+    mirrored clip is flipped (FFmpeg reports a horizontal mirror as `rotation` 180). Other containers: the stream's
+    display rotation (`frame.rotation`), which is all they carry. Reading `frame.side_data` for the matrix made
+    forked DataLoader workers crash later with PyAV 18, hence the box reader. Raises ValueError for a matrix that
+    is not a quarter turn or a flip (shear, scale, 45 degrees).
     """
-    rotation = frame.rotation
-    if rotation % 90:
-        raise ValueError(f"display rotation of {rotation} degrees is not a multiple of 90")
-    return QUARTER_TURNS[int(rotation) % 360]
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
+    with handle:
+        matrix = mp4_display_matrix(handle)
+    if matrix is None:
+        rotation = frame.rotation
+        if rotation % 90:
+            raise ValueError(f"display rotation of {rotation} degrees is not a multiple of 90")
+        return QUARTER_TURNS[int(rotation) % 360]
+    a, b, c, d = (v / 65536 for v in matrix)
+    if any(v not in (-1.0, 0.0, 1.0) for v in (a, b, c, d)) or abs(a * d - b * c) != 1.0:
+        raise ValueError(f"display matrix {[a, b, c, d]} is not a quarter turn or a mirror flip")
+    orientation = (int(a), int(b), int(c), int(d))
+    return None if orientation == (1, 0, 0, 1) else orientation
+
+
+def iso_boxes(f: BinaryIO, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, body start, box end) of the ISO BMFF boxes between the file position and `end`; stops at a bad size."""
+    while f.tell() + 8 <= end:
+        start = f.tell()
+        size, kind = struct.unpack(">I4s", f.read(8))
+        header = 8
+        if size == 1:
+            (size,), header = struct.unpack(">Q", f.read(8)), 16
+        elif size == 0:
+            size = end - start
+        if size < header or start + size > end:
+            return
+        yield kind, start + header, start + size
+        f.seek(start + size)
+
+
+def mp4_display_matrix(f: BinaryIO) -> tuple[int, int, int, int] | None:
+    """(a, b, c, d) in 16.16 fixed point of the first video track's `tkhd` matrix; None when `f` is not ISO BMFF
+    (its first box is not `ftyp`) or has no video track. A pixel at (x, y) is shown at (ax + cy, bx + dy)."""
+    end = f.seek(0, io.SEEK_END)
+    f.seek(0)
+    top = iso_boxes(f, end)
+    if next(top, (None,))[0] != b"ftyp":
+        return None
+    for kind, body, stop in list(top):
+        if kind != b"moov":
+            continue
+        f.seek(body)
+        for trak, trak_body, trak_end in list(iso_boxes(f, stop)):
+            if trak != b"trak":
+                continue
+            f.seek(trak_body)
+            children = {k: (b, e) for k, b, e in iso_boxes(f, trak_end)}
+            if b"tkhd" not in children or not is_video_track(f, children.get(b"mdia")):
+                continue
+            tkhd = children[b"tkhd"][0]
+            f.seek(tkhd)
+            version = f.read(1)[0]
+            f.seek(tkhd + 4 + (32 if version == 1 else 20) + 16)  # times, track id, duration; layer .. reserved
+            a, b, _, c, d = struct.unpack(">5i", f.read(20))
+            return a, b, c, d
+    return None
+
+
+def is_video_track(f: BinaryIO, mdia: tuple[int, int] | None) -> bool:
+    """True when the `mdia` box (body start, end) has a `hdlr` of handler type `vide`."""
+    if mdia is None:
+        return False
+    f.seek(mdia[0])
+    for kind, body, _ in list(iso_boxes(f, mdia[1])):
+        if kind == b"hdlr":
+            f.seek(body + 8)  # version/flags, pre_defined
+            return f.read(4) == b"vide"
+    return False
 
 
 def transposes(orientation: Orientation | None) -> bool:
