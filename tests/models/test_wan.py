@@ -3,7 +3,7 @@ import torch
 
 from ultragen.models.attention import AttentionStrategy, FullAttention, VideoGrid, attention
 from ultragen.models.rope import RotaryTables, apply_rope
-from ultragen.models.wan import WanDiT, sincos_position_embedding, sinusoidal_embedding
+from ultragen.models.wan import WanDiT, masked_mean, sincos_position_embedding, sinusoidal_embedding
 
 TINY = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=16)
 
@@ -134,3 +134,28 @@ def test_absolute_position_tells_tokens_apart_where_rope_alone_cannot():
     torch.testing.assert_close(rope_only, rope_only[:, :, :1, :2, :2].repeat(1, 1, 2, 3, 4))
     with_position = tiny_dit(absolute_position=True)(x, t, c)
     assert (with_position - with_position[:, :, :1, :2, :2].repeat(1, 1, 2, 3, 4)).abs().amax() > 1e-2
+
+
+def test_masked_mean_ignores_padding_rows():
+    context = torch.randn(2, 3, 12)
+    padded = torch.cat([context, torch.zeros(2, 5, 12)], dim=1)
+    torch.testing.assert_close(masked_mean(padded), context.mean(1))
+    assert torch.equal(masked_mean(torch.zeros(1, 4, 12)), torch.zeros(1, 12))
+
+
+def test_pooled_text_starts_as_the_network_without_it_and_reaches_the_modulation():
+    """Fresh, it changes nothing (Wan weights behave unchanged); trained, the caption reaches every block's
+    modulation: with cross-attention's output zeroed, two captions give different outputs only through it."""
+    x, t = torch.randn(1, 8, 2, 4, 4), torch.tensor([500.0])
+    c1, c2 = torch.randn(1, 4, 12), torch.randn(1, 4, 12)
+    plain, pooled = tiny_dit(), tiny_dit(pooled_text=True)
+    missing = pooled.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("pooled_text_embedding.") for k in missing)
+    torch.testing.assert_close(pooled(x, t, c1), plain(x, t, c1))
+    for net in (plain, pooled):
+        for block in net.blocks:
+            torch.nn.init.zeros_(block.cross_attn.o.weight)
+            torch.nn.init.zeros_(block.cross_attn.o.bias)
+    torch.testing.assert_close(plain(x, t, c1), plain(x, t, c2))
+    torch.nn.init.normal_(pooled.pooled_text_embedding[-1].weight, std=0.1)
+    assert (pooled(x, t, c1) - pooled(x, t, c2)).abs().amax() > 1e-3

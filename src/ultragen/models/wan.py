@@ -57,6 +57,12 @@ def sincos_position_embedding(dim: int, grid: VideoGrid, device: torch.device | 
     return embedding.flatten(0, 2).float()
 
 
+def masked_mean(context: Tensor) -> Tensor:
+    """(B, L, D) text states -> (B, D) mean over the tokens that are not padding (all-zero rows)."""
+    valid = context.abs().amax(-1, keepdim=True) > 0  # (B, L, 1)
+    return (context * valid).sum(1) / valid.sum(1).clamp_min(1)
+
+
 class Head(nn.Module):
     """Final AdaLN-modulated LayerNorm and linear projection to patch pixels."""
 
@@ -87,6 +93,10 @@ class WanDiT(nn.Module):
     `absolute_position` adds `sincos_position_embedding` to the patch embeddings (off in Wan): RoPE alone gives
     a small model trained for minutes no sense of where in the frame a token is, which prompts like "moving
     rightwards" (start on the left) need; it has no weights, so Wan checkpoints load either way.
+    `pooled_text` adds an MLP of the text states' mean over the non-padded tokens to the time embedding (off in
+    Wan), so the caption also reaches every block's AdaLN modulation, as the pooled text vector does in SD3 and
+    Flux and the class embedding in DiT; cross-attention alone lets a small model trained for minutes pick up the
+    caption's colour but not its direction.
     """
 
     def __init__(
@@ -107,6 +117,7 @@ class WanDiT(nn.Module):
         full_attention_layers: list[int] | None = None,
         timestep_dtype: Literal["float32", "bfloat16"] = "float32",
         absolute_position: bool = False,
+        pooled_text: bool = False,
     ):
         super().__init__()
         if dim % num_heads:
@@ -128,6 +139,9 @@ class WanDiT(nn.Module):
         self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.pooled_text_embedding = (
+            nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim)) if pooled_text else None
+        )
         self.blocks = nn.ModuleList(
             DiTBlock(
                 dim,
@@ -156,6 +170,8 @@ class WanDiT(nn.Module):
         for m in (*self.text_embedding.modules(), *self.time_embedding.modules()):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
+        if self.pooled_text_embedding is not None:  # starts as the network without it (Wan weights behave unchanged)
+            nn.init.zeros_(self.pooled_text_embedding[-1].weight)
         nn.init.zeros_(self.head.head.weight)
 
     def token_grid(self, frames: int, height: int, width: int) -> VideoGrid:
@@ -178,6 +194,8 @@ class WanDiT(nn.Module):
             x = x + sincos_position_embedding(self.dim, grid, x.device).to(x.dtype)
         freq = sinusoidal_embedding(self.freq_dim, t.to(self.timestep_dtype)).float()  # (B, freq_dim)
         t_emb = self.time_embedding(freq.to(x.dtype))  # (B, C)
+        if self.pooled_text_embedding is not None:
+            t_emb = t_emb + self.pooled_text_embedding(masked_mean(context))
         t_mod = self.time_projection(t_emb).unflatten(1, (6, self.dim))  # (B, 6, C)
         context = self.text_embedding(context)  # (B, L, C)
         ctx = AttentionContext(grid=grid, rope=self.rope, timestep_freq=freq)
