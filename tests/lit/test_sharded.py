@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from ultragen.lit.export import export_dit
-from ultragen.lit.recipe import checkpoint_blocks, checkpoint_interval
+from ultragen.lit.export import export_dit, merge_lora
+from ultragen.lit.recipe import checkpoint_blocks, checkpoint_interval, select_trainable
 from ultragen.models.attention import UltraGenAttention
 from ultragen.models.wan import WanDiT
 
@@ -56,27 +56,81 @@ def test_bad_checkpoint_interval_names_the_choices():
         checkpoint_interval(0)
 
 
-@pytest.mark.slow
-def test_zero3_with_activation_checkpointing_trains_on_two_processes_and_exports(tmp_path, monkeypatch):
-    """The documented 4K path: ZeRO-3, every block checkpointed, UltraGen attention, 2 gloo processes."""
-    monkeypatch.chdir(ROOT)
+def test_merge_lora_gives_the_adapted_network_under_wan_names():
+    adapted = select_trainable(tiny_ultragen_dit(), "lora", rank=4, alpha=8)
+    for name, p in adapted.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero
+            torch.nn.init.normal_(p, std=0.1)
+    plain = tiny_ultragen_dit()
+    plain.load_state_dict(merge_lora(adapted.state_dict(), alpha=8))  # strict: Wan's names only
+    x, t, c = torch.randn(2, 8, 2, 16, 16), torch.tensor([100.0, 900.0]), torch.randn(2, 5, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x, t, c), adapted(x, t, c), rtol=1e-4, atol=1e-5)
+
+
+def fit_two_processes(tmp_path: Path, *args: str) -> tuple[Path, str]:
+    """`ultragen fit` of the tiny UltraGen DiT for 2 steps on 2 gloo processes; its last.ckpt and its log."""
     # a fresh rendezvous: an earlier in-process distributed test leaves MASTER_PORT (its store still listening) behind
     inherited = {k: v for k, v in os.environ.items()
                  if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
     env = inherited | {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
-    subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-m", "ultragen", "fit", "-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml",
-         "-c", "configs/trainer/deepspeed_cpu.yaml", "--trainer.strategy.stage=3", "--trainer.devices=2",
-         "--model.activation_checkpointing=blocks", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
-         f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.version=run"],
-        cwd=ROOT, env=env, check=True, timeout=600,
+         *args, "--trainer.devices=2", "--model.activation_checkpointing=blocks", "--trainer.max_steps=2",
+         "--trainer.limit_val_batches=0", f"--trainer.logger.init_args.save_dir={tmp_path}",
+         "--trainer.logger.init_args.version=run"],
+        cwd=ROOT, env=env, timeout=600, capture_output=True, text=True,
     )
-    ckpt = tmp_path / "tiny" / "run" / "checkpoints" / "last.ckpt"
-    shards = sorted(p.name for p in (ckpt / "checkpoint").glob("zero_pp_rank_*_model_states.pt"))
-    assert shards == ["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"]
-    weights = load_file(export_dit(ckpt, tmp_path / "dit.safetensors"))
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    return tmp_path / "tiny" / "run" / "checkpoints" / "last.ckpt", log
+
+
+def tiny_ultragen_module():
+    """A fresh VideoDiffusionModule of the tiny UltraGen config, built as `ultragen fit` builds it."""
     from ultragen.lit.cli import UltraGenCLI
 
-    fresh = UltraGenCLI(args=["-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml"], run=False)
-    fresh.model.net.load_state_dict(weights)  # strict: every tensor of the sharded run, under Wan's names
-    assert not torch.equal(weights["head.head.weight"], torch.zeros_like(weights["head.head.weight"]))  # trained
+    return UltraGenCLI(args=["-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml"], run=False).model
+
+
+def pretrained_weights(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Starting weights with a non-zero head (Wan zero-inits it, which would keep frozen-base modes from learning)."""
+    state = {k: v.clone() for k, v in tiny_ultragen_module().net.state_dict().items()}
+    state["head.head.weight"] = torch.randn_like(state["head.head.weight"]) * 0.1
+    save_file(state, tmp_path / "init.safetensors")
+    return tmp_path / "init.safetensors", state
+
+
+def load_export(ckpt: Path, tmp_path: Path, initial: dict[str, torch.Tensor], trainable: str) -> None:
+    """The checkpoint's export loads strictly into a fresh tiny UltraGen DiT: what the mode trains moved from
+    `initial`, what it freezes did not."""
+    weights = load_file(export_dit(ckpt, tmp_path / "dit.safetensors"))
+    tiny_ultragen_module().net.load_state_dict(weights)  # strict: every tensor of the sharded run, Wan's names
+    moved = {k for k, v in weights.items() if not torch.equal(v, initial[k])}
+    assert "blocks.1.self_attn.q.weight" in moved  # trained directly, or through its merged LoRA adapter
+    assert ("head.head.weight" in moved) == (trainable == "all")
+
+
+@pytest.mark.slow
+def test_zero3_with_activation_checkpointing_trains_on_two_processes_and_exports(tmp_path, monkeypatch):
+    """The documented 4K path: ZeRO-3, every block checkpointed, UltraGen attention, 2 gloo processes."""
+    monkeypatch.chdir(ROOT)
+    init, initial = pretrained_weights(tmp_path)
+    ckpt, _ = fit_two_processes(tmp_path, "-c", "configs/trainer/deepspeed_cpu.yaml", "--trainer.strategy.stage=3",
+                                f"--model.net_weights={init}")
+    shards = sorted(p.name for p in (ckpt / "checkpoint").glob("zero_pp_rank_*_model_states.pt"))
+    assert shards == ["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"]
+    load_export(ckpt, tmp_path, initial, "all")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainable", ["all", "lora"])
+def test_fsdp2_with_activation_checkpointing_trains_on_two_processes_and_exports(tmp_path, monkeypatch, trainable):
+    """FSDP2 through Lightning's ModelParallelStrategy: blocks sharded and checkpointed, one gathered checkpoint
+    whose export (LoRA merged) loads into a plain WanDiT."""
+    monkeypatch.chdir(ROOT)
+    init, initial = pretrained_weights(tmp_path)
+    ckpt, log = fit_two_processes(tmp_path, "-c", "configs/trainer/fsdp2_cpu.yaml", f"--model.trainable={trainable}",
+                                  f"--model.net_weights={init}")
+    assert "FSDP2: 2 DiT blocks sharded over 2 ranks" in log and ckpt.is_file()
+    load_export(ckpt, tmp_path, initial, trainable)

@@ -5,27 +5,51 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from ultragen.checkpoints import convert_lightning, read_state_dict
+from ultragen.checkpoints import convert_lightning, read_state_dict, torch_load_safe
 
 log = logging.getLogger(__name__)
 
 
+LORA_A = re.compile(r"^(?P<stem>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
+
+
+def merge_lora(state: dict[str, torch.Tensor], alpha: float | None) -> dict[str, torch.Tensor]:
+    """peft LoRA adapters folded into their layers under Wan's names: W = W0 + (alpha / r) B A, with r the rank
+    and alpha the run's `lora_alpha` (None: alpha = r, the module's default). A state without adapters is returned
+    unchanged."""
+    merged = dict(state)
+    for key in [k for k in state if LORA_A.match(k)]:
+        stem, adapter = LORA_A.match(key).group("stem", "adapter")
+        down, up = merged.pop(key), merged.pop(f"{stem}.lora_B.{adapter}.weight")
+        base = merged.pop(f"{stem}.base_layer.weight")
+        scale = (alpha or down.shape[0]) / down.shape[0]
+        merged[f"{stem}.weight"] = base + scale * (up.float() @ down.float()).to(base)
+        if f"{stem}.base_layer.bias" in merged:
+            merged[f"{stem}.bias"] = merged.pop(f"{stem}.base_layer.bias")
+    return merged
+
+
 def export_dit(ckpt: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write the DiT weights of a Lightning `.ckpt` or a DeepSpeed checkpoint directory to `out` atomically."""
+    """Write the DiT weights of a Lightning `.ckpt` or a DeepSpeed checkpoint directory to `out` atomically, with
+    LoRA adapters of a `trainable: lora` run merged (`merge_lora`), so the file loads into a plain `WanDiT`."""
     ckpt = Path(ckpt)
     if ckpt.is_dir():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         if not (ckpt / "latest").is_file():
             raise FileNotFoundError(f"{ckpt} is a directory but not a DeepSpeed checkpoint (no 'latest' file)")
-        state = convert_lightning({"state_dict": get_fp32_state_dict_from_zero_checkpoint(str(ckpt))})
+        raw = {"state_dict": get_fp32_state_dict_from_zero_checkpoint(str(ckpt))}
+        client = min((ckpt / "checkpoint").glob("*mp_rank_00_model_states.pt"))  # rank 0's; Lightning's state
+        raw["hyper_parameters"] = torch_load_safe(client).get("hyper_parameters", {})
     else:
-        state = convert_lightning(read_state_dict(ckpt))
+        raw = read_state_dict(ckpt)
+    state = merge_lora(convert_lightning(raw), raw.get("hyper_parameters", {}).get("lora_alpha"))
     if not state:
         raise ValueError(f"{ckpt} holds no 'net.*' weights: is it a VideoDiffusionModule checkpoint?")
     state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}

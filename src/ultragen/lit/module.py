@@ -13,8 +13,8 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import grad_norm
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from ultragen.codecs.base import VideoCodec
 from ultragen.diffusion import EulerSampler, FlowMatching
@@ -25,6 +25,7 @@ from ultragen.lit.recipe import (
     checkpoint_blocks,
     checkpoint_interval,
     select_trainable,
+    shard_blocks,
 )
 from ultragen.lit.resume import batch_generator, rng_states, set_rng_states
 from ultragen.models.wan import WanDiT
@@ -134,10 +135,22 @@ class VideoDiffusionModule(L.LightningModule):
             )
 
     def configure_model(self) -> None:
-        """Activation checkpointing of DiT blocks (kept out of the model code)."""
+        """Activation checkpointing of DiT blocks, then FSDP2 sharding under Lightning's `ModelParallelStrategy`
+        (both kept out of the model code)."""
         if self.checkpoint_every and not getattr(self, "_checkpointed", False):
             checkpoint_blocks(self.net, self.checkpoint_every)
             self._checkpointed = True
+        if self._device_mesh is not None and not getattr(self, "_sharded", False):
+            tensor_parallel = self._device_mesh["tensor_parallel"].size()
+            if tensor_parallel > 1:
+                raise ValueError(
+                    f"ModelParallelStrategy tensor_parallel_size={tensor_parallel}: the DiT is sharded with FSDP2 "
+                    "only; set trainer.strategy.init_args.data_parallel_size to the world size and "
+                    "tensor_parallel_size: 1"
+                )
+            n = shard_blocks(self.net, self._device_mesh["data_parallel"])
+            log.info("FSDP2: %d DiT blocks sharded over %d ranks", n, self._device_mesh["data_parallel"].size())
+            self._sharded = True
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -231,9 +244,12 @@ class VideoDiffusionModule(L.LightningModule):
         self.log("train/tokens_per_s", self._tokens / max(elapsed, 1e-9))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = grad_norm(self.net, norm_type=2)
-        if norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        """`train/grad_norm`, the global L2 norm (FSDP2's sharded gradients are reduced over the ranks; DeepSpeed
+        keeps its gradients to itself, so its runs log none)."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads:
+            total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+            self.log("train/grad_norm", total.full_tensor() if isinstance(total, DTensor) else total)
 
     # -------------------------------------------------------------- sampling
     @torch.no_grad()

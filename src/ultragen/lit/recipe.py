@@ -1,5 +1,6 @@
 """What a training run changes on the DiT, shared by `VideoDiffusionModule` and `ultragen memory` (which must not
-import Lightning): the trainable selection and the activation-checkpointing schedule. Kept out of `models/`."""
+import Lightning): the trainable selection, the activation-checkpointing schedule and FSDP2 sharding. Kept out of
+`models/`."""
 
 from __future__ import annotations
 
@@ -63,3 +64,18 @@ def checkpoint_blocks(net: nn.Module, every_n: int) -> list[int]:
     for i in chosen:
         blocks[i].forward = partial(checkpoint, blocks[i].forward, use_reentrant=False)
     return chosen
+
+
+def shard_blocks(net: nn.Module, mesh) -> int:
+    """FSDP2: `fully_shard` every DiT block over the 1-D device `mesh`, then the network (embeddings and head).
+
+    Blocks are sharded after `checkpoint_blocks` and peft, as torchtitan orders it; FSDP2 accepts blocks that mix
+    frozen and trainable parameters (`strategy` and `lora` runs). Returns the number of blocks sharded.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = [m for m in net.modules() if isinstance(m, DiTBlock)]
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+    return len(blocks)
