@@ -258,15 +258,22 @@ def load_state_dict_into(
     return report
 
 
-def load_dit_weights(net: nn.Module, path: str | Path, format: Format = "auto", strict: bool = True) -> LoadReport:
-    """Load a Wan2.1 / diffusers / UltraGen-release / Lightning checkpoint (file, index json or dir) into `net`."""
+def read_dit_state(path: str | Path, format: Format = "auto") -> tuple[StateDict, str]:
+    """A Wan2.1 / diffusers / UltraGen-release / Lightning checkpoint (file, index json or dir) under `WanDiT`'s
+    names, and the format it was read as."""
     raw = read_state_dict(path)
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a {type(raw).__name__}, not a state dict")
     fmt = detect_format(raw) if format == "auto" else format
     if fmt not in KEY_CONVERTERS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {['auto', *KEY_CONVERTERS]}")
-    return load_state_dict_into(net, KEY_CONVERTERS[fmt](raw), path=str(path), format=fmt, strict=strict)
+    return KEY_CONVERTERS[fmt](raw), fmt
+
+
+def load_dit_weights(net: nn.Module, path: str | Path, format: Format = "auto", strict: bool = True) -> LoadReport:
+    """Load a Wan2.1 / diffusers / UltraGen-release / Lightning checkpoint (file, index json or dir) into `net`."""
+    state, fmt = read_dit_state(path, format)
+    return load_state_dict_into(net, state, path=str(path), format=fmt, strict=strict)
 
 
 #################################################################################

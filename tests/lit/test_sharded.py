@@ -68,15 +68,15 @@ def test_merge_lora_gives_the_adapted_network_under_wan_names():
         torch.testing.assert_close(plain(x, t, c), adapted(x, t, c), rtol=1e-4, atol=1e-5)
 
 
-def fit_two_processes(tmp_path: Path, *args: str) -> tuple[Path, str]:
-    """`ultragen fit` of the tiny UltraGen DiT for 2 steps on 2 gloo processes; its last.ckpt and its log."""
+def fit_two_processes(tmp_path: Path, *args: str, steps: int = 2) -> tuple[Path, str]:
+    """`ultragen fit` of the tiny UltraGen DiT for `steps` steps on 2 gloo processes; its last.ckpt and its log."""
     # a fresh rendezvous: an earlier in-process distributed test leaves MASTER_PORT (its store still listening) behind
     inherited = {k: v for k, v in os.environ.items()
                  if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
     env = inherited | {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     run = subprocess.run(
         [sys.executable, "-m", "ultragen", "fit", "-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml",
-         *args, "--trainer.devices=2", "--model.activation_checkpointing=blocks", "--trainer.max_steps=2",
+         *args, "--trainer.devices=2", "--model.activation_checkpointing=blocks", f"--trainer.max_steps={steps}",
          "--trainer.limit_val_batches=0", f"--trainer.logger.init_args.save_dir={tmp_path}",
          "--trainer.logger.init_args.version=run"],
         cwd=ROOT, env=env, timeout=600, capture_output=True, text=True,
@@ -134,3 +134,55 @@ def test_fsdp2_with_activation_checkpointing_trains_on_two_processes_and_exports
                                   f"--model.net_weights={init}")
     assert "FSDP2: 2 DiT blocks sharded over 2 ranks" in log and ckpt.is_file()
     load_export(ckpt, tmp_path, initial, trainable)
+
+
+def test_exclude_frozen_parameters_saves_only_trained_tensors_and_export_completes_them_from_the_base(
+    tmp_path, monkeypatch
+):
+    from ultragen.cli import main
+    from ultragen.lit.cli import UltraGenCLI
+
+    monkeypatch.chdir(ROOT)
+    init, initial = pretrained_weights(tmp_path)
+    configs = ["-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml"]
+    main(["fit", *configs, "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--model.trainable=lora",
+          f"--model.net_weights={init}", "--model.exclude_frozen_parameters=true",
+          f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.version=run"])
+    ckpt = tmp_path / "tiny" / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert saved and all("lora_" in k for k in saved)  # the adapters only: no base weight, codec or text encoder
+    with pytest.raises(ValueError, match="holds only the trained tensors .* with --base"):
+        export_dit(ckpt, tmp_path / "partial.safetensors")
+    weights = load_file(export_dit(ckpt, tmp_path / "dit.safetensors", base=init))
+    tiny_ultragen_module().net.load_state_dict(weights)  # strict: complete
+    moved = {k for k, v in weights.items() if not torch.equal(v, initial[k])}
+    assert "blocks.1.self_attn.q.weight" in moved and "head.head.weight" not in moved
+    with pytest.raises(ValueError, match="set model.net_weights to the run's base weights"):
+        tiny_ultragen_module().on_load_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=True))
+    run = ["--model.trainable=lora", f"--model.net_weights={init}", "--model.exclude_frozen_parameters=true"]
+    resumed = UltraGenCLI(args=[*configs, *run], run=False).model
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])  # strict: the frozen weights came back from net_weights
+    assert torch.equal(resumed.net.head.head.weight, initial["head.head.weight"])
+    assert torch.equal(resumed.net.blocks[1].self_attn.q.lora_B.default.weight,
+                       saved["net.blocks.1.self_attn.q.lora_B.default.weight"])
+
+
+@pytest.mark.slow
+def test_zero2_lora_run_without_frozen_parameters_resumes_and_exports(tmp_path, monkeypatch):
+    """DeepSpeed writes only the adapters; the resumed run rebuilds the rest from net_weights."""
+    monkeypatch.chdir(ROOT)
+    init, initial = pretrained_weights(tmp_path)
+    run = ["-c", "configs/trainer/deepspeed_cpu.yaml", "--model.trainable=lora", f"--model.net_weights={init}",
+           "--model.exclude_frozen_parameters=true"]
+    ckpt, _ = fit_two_processes(tmp_path, *run)
+    module = torch.load(ckpt / "checkpoint" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    assert module["module"] and all("lora_" in k for k in module["module"])
+    ckpt, log = fit_two_processes(tmp_path, *run, f"--ckpt_path={ckpt}", steps=3)
+    assert "Restoring states from the checkpoint path" in log
+    assert torch.load(ckpt / "checkpoint" / "mp_rank_00_model_states.pt", weights_only=True)["global_step"] == 3
+    weights = load_file(export_dit(ckpt, tmp_path / "dit.safetensors", base=init))
+    tiny_ultragen_module().net.load_state_dict(weights)
+    assert torch.equal(weights["head.head.weight"], initial["head.head.weight"])
+    assert not torch.equal(weights["blocks.1.self_attn.q.weight"], initial["blocks.1.self_attn.q.weight"])

@@ -13,6 +13,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
@@ -85,6 +86,7 @@ class VideoDiffusionModule(L.LightningModule):
         lora_alpha: float | None = None,
         lora_targets: list[str] | None = None,
         activation_checkpointing: Literal["none", "blocks"] | int = "none",
+        exclude_frozen_parameters: bool = False,
         sampling: SamplingConfig | None = None,
     ):
         super().__init__()
@@ -109,6 +111,7 @@ class VideoDiffusionModule(L.LightningModule):
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
         self._select_trainable(trainable, lora_rank, lora_alpha, lora_targets or list(DEFAULT_LORA_TARGETS))
         self.checkpoint_every = checkpoint_interval(activation_checkpointing)
+        self.exclude_frozen_parameters, self.initialised_from = exclude_frozen_parameters, net_weights
         self._batch_start = 0.0
 
     # ------------------------------------------------------------------ setup
@@ -122,7 +125,12 @@ class VideoDiffusionModule(L.LightningModule):
                  sum(p.numel() for p in self.net.parameters()) / 1e6)
 
     def setup(self, stage: str) -> None:
-        """Token budgets of the data must count tokens the way this codec and DiT make them."""
+        """Token budgets of the data must count tokens the way this codec and DiT make them. DeepSpeed saves its
+        own checkpoints, so `exclude_frozen_parameters` is handed to it."""
+        if self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            self.trainer.strategy.exclude_frozen_parameters = self.exclude_frozen_parameters
+            if self.exclude_frozen_parameters:  # DeepSpeed restores its module states itself, without our hook
+                self.strict_loading = False
         budget = getattr(self.trainer.datamodule, "budget", None) if self._trainer is not None else None
         if budget is None:
             return
@@ -271,13 +279,23 @@ class VideoDiffusionModule(L.LightningModule):
         return {"key": list(batch["key"]), "prompt": list(batch["prompt"]), "video": self.generate(batch["prompt"], seeds, progress=True)}
 
     # ------------------------------------------------------------ checkpoints
+    def rebuilt_keys(self) -> set[str]:
+        """State keys a checkpoint leaves out because the config rebuilds them: the frozen codec and text encoder,
+        and with `exclude_frozen_parameters` the DiT's frozen weights (from `net_weights`)."""
+        keys = {k for k in self.state_dict() if k.startswith(FROZEN_PREFIXES)}
+        if self.exclude_frozen_parameters:
+            keys |= {f"net.{k}" for k, p in self.net.named_parameters() if not p.requires_grad}
+        return keys
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Frozen codec and text encoder are rebuilt from config, not stored (umT5-XXL alone is 11 GB); also from
-        the training weights that EMA moves to `current_model_state`. The noise seed and global RNG states are kept
-        for the resume."""
+        """Frozen codec and text encoder are rebuilt from config, not stored (umT5-XXL alone is 11 GB), nor, with
+        `exclude_frozen_parameters`, the frozen DiT weights of a `strategy` or `lora` run; also from the training
+        weights that EMA moves to `current_model_state`. The noise seed and global RNG states are kept for the
+        resume."""
+        rebuilt = self.rebuilt_keys()
         for name in ("state_dict", "current_model_state"):
             state = checkpoint.get(name, {})
-            for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            for key in [k for k in state if k in rebuilt]:
                 del state[key]
         checkpoint["noise_seed"] = self.noise_seed
         checkpoint["rng_states"] = rng_states()
@@ -285,7 +303,13 @@ class VideoDiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Puts the frozen weights back; when resuming a fit, restores the noise seed and the global RNG states
         (which only third-party draws use: ours come from `batch_generator`)."""
-        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}
+        if checkpoint.get("hyper_parameters", {}).get("exclude_frozen_parameters") and self.initialised_from is None:
+            raise ValueError(
+                "this checkpoint holds only the trained DiT tensors (model.exclude_frozen_parameters); set "
+                "model.net_weights to the run's base weights so the frozen ones are rebuilt from them"
+            )
+        rebuilt = self.rebuilt_keys()
+        frozen = {k: v for k, v in self.state_dict().items() if k in rebuilt}
         checkpoint["state_dict"] = frozen | checkpoint.get("state_dict", {})
         if "current_model_state" in checkpoint:  # the training weights, when EMAWeightAveraging saved the average
             checkpoint["current_model_state"] = frozen | checkpoint["current_model_state"]
