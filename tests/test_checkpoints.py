@@ -242,6 +242,32 @@ def test_diffusers_conversion_loads_fully_and_matches_outputs(diffusers_dit, tmp
     torch.testing.assert_close(ours, exact, atol=1e-6, rtol=1e-6)
 
 
+def test_per_token_timesteps_match_diffusers_wan22_path(diffusers_dit, tmp_path):
+    """Wan2.2 TI2V: t of shape (B, N), here the first latent frame clean (t = 0) and the rest at each clip's t."""
+    from ultragen.models.wan import sinusoidal_embedding
+
+    diffusers_dit.save_pretrained(tmp_path / "transformer")
+    net = fresh(dim=32).eval()
+    load_dit_weights(net, tmp_path / "transformer")
+    x, ctx = torch.randn(2, 4, 3, 6, 8), torch.randn(2, 7, 16)
+    t = torch.tensor([999.0, 263.16])[:, None].repeat(1, 3 * 3 * 4)  # grid 3x3x4 tokens, (f, h, w) order
+    t[:, : 3 * 4] = 0.0
+    proj = diffusers_dit.condition_embedder.timesteps_proj
+    proj.forward = lambda ts: sinusoidal_embedding(32, ts).float()
+    with torch.no_grad():
+        try:
+            theirs = diffusers_dit(x, t, ctx).sample
+        finally:
+            del proj.forward
+        ours = net(x, t, ctx)
+        per_clip = net(x, t[:, -1], ctx)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+    assert (ours - per_clip)[:, :, :1].abs().amax() > 1e-3  # the clean frame is modulated differently
+    torch.testing.assert_close(net(x, t[:, -1:].expand(-1, 36), ctx), per_clip, atol=1e-5, rtol=1e-5)  # GEMM shapes
+    with pytest.raises(ValueError, match=r"neither one per clip \(B,\) nor one per token \(B, 36\)"):
+        net(x, t[:, :35], ctx)
+
+
 def test_diffusers_conversion_inverts_diffusers_own_converter(tiny, diffusers_dit):
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 

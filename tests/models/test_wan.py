@@ -159,3 +159,17 @@ def test_pooled_text_starts_as_the_network_without_it_and_reaches_the_modulation
     torch.testing.assert_close(plain(x, t, c1), plain(x, t, c2))
     torch.nn.init.normal_(pooled.pooled_text_embedding[-1].weight, std=0.1)
     assert (pooled(x, t, c1) - pooled(x, t, c2)).abs().amax() > 1e-3
+
+
+def test_ultragen_gates_refuse_per_token_timesteps_by_name():
+    from functools import partial
+
+    from ultragen.models.attention import UltraGenAttention
+
+    strategy = partial(UltraGenAttention, local_windows=[[2, 2]], hier_windows=[[2, 2]], global_factor=2,
+                       hier_factor=2, lora_rank=4, pad="replicate", freq_dim=16)
+    net = tiny_dit(attention=lambda dim, heads, layer: strategy(dim, heads, layer))
+    x, c = torch.randn(1, 8, 1, 8, 8), torch.randn(1, 4, 12)
+    net(x, torch.tensor([500.0]), c)
+    with pytest.raises(ValueError, match=r"UltraGenAttention gates take one timestep per clip.*pass t of shape \(B,\)"):
+        net(x, torch.full((1, 16), 500.0), c)

@@ -83,8 +83,9 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: Tensor, t_mod: Tensor, context: Tensor, ctx: AttentionContext) -> Tensor:
-        """x (B, N, C), t_mod (B, 6, C), context (B, L, C) -> (B, N, C)."""
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation.float() + t_mod.float()).chunk(6, dim=1)
+        """x (B, N, C), t_mod (B, 1, 6, C) or per token (B, N, 6, C), context (B, L, C) -> (B, N, C)."""
+        modulation = self.modulation.float().unsqueeze(1) + t_mod.float()  # (B, 1 or N, 6, C)
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = modulation.unbind(2)
         y = self.self_attn((self.norm1(x).float() * (1 + scale_a) + shift_a).to(x.dtype), ctx)
         x = x + (y.float() * gate_a).to(x.dtype)
         x = x + self.cross_attn(self.norm3(x), context)

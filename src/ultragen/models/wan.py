@@ -73,8 +73,8 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
-        """x (B, N, C), t_emb (B, C) -> (B, N, p_t·p_h·p_w·out_dim)."""
-        shift, scale = (self.modulation.float() + t_emb.float().unsqueeze(1)).chunk(2, dim=1)
+        """x (B, N, C), t_emb (B, 1, C) or per token (B, N, C) -> (B, N, p_t·p_h·p_w·out_dim)."""
+        shift, scale = (self.modulation.float().unsqueeze(1) + t_emb.float().unsqueeze(2)).unbind(2)
         return self.head((self.norm(x).float() * (1 + scale) + shift).to(x.dtype))
 
 
@@ -185,18 +185,29 @@ class WanDiT(nn.Module):
         return VideoGrid(*(s // p for s, p in zip(sizes, self.patch_size)))
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        """x (B, C, F, H, W), t (B,), context (B, L, text_dim) -> (B, out_dim, F, H, W)."""
+        """x (B, C, F, H, W), t (B,) or one per token (B, N), context (B, L, text_dim) -> (B, out_dim, F, H, W).
+
+        Per-token timesteps (Wan2.2 TI2V: the clean first latent frame at t = 0) modulate each token with its own
+        t; tokens are in (f, h, w) order, N = grid.t·grid.h·grid.w.
+        """
         if x.shape[1] != self.in_dim:
             raise ValueError(f"latent has {x.shape[1]} channels but the DiT expects in_dim={self.in_dim}")
         grid = self.token_grid(*x.shape[2:])
+        if t.ndim == 2 and t.shape[1] != grid.t * grid.h * grid.w or t.ndim not in (1, 2):
+            raise ValueError(
+                f"timesteps of shape {tuple(t.shape)} are neither one per clip (B,) nor one per token "
+                f"(B, {grid.t * grid.h * grid.w}) for the {tuple(grid)} token grid"
+            )
         x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, N, C)
         if self.absolute_position:
             x = x + sincos_position_embedding(self.dim, grid, x.device).to(x.dtype)
-        freq = sinusoidal_embedding(self.freq_dim, t.to(self.timestep_dtype)).float()  # (B, freq_dim)
-        t_emb = self.time_embedding(freq.to(x.dtype))  # (B, C)
+        freq = sinusoidal_embedding(self.freq_dim, t.to(self.timestep_dtype).flatten()).float().unflatten(0, t.shape)
+        t_emb = self.time_embedding(freq.to(x.dtype))  # (B, C) or per token (B, N, C)
         if self.pooled_text_embedding is not None:
-            t_emb = t_emb + self.pooled_text_embedding(masked_mean(context))
-        t_mod = self.time_projection(t_emb).unflatten(1, (6, self.dim))  # (B, 6, C)
+            pooled = self.pooled_text_embedding(masked_mean(context))  # (B, C)
+            t_emb = t_emb + (pooled.unsqueeze(1) if t_emb.ndim == 3 else pooled)
+        t_emb = t_emb if t_emb.ndim == 3 else t_emb.unsqueeze(1)  # (B, 1 or N, C)
+        t_mod = self.time_projection(t_emb).unflatten(-1, (6, self.dim))  # (B, 1 or N, 6, C)
         context = self.text_embedding(context)  # (B, L, C)
         ctx = AttentionContext(grid=grid, rope=self.rope, timestep_freq=freq)
         for block in self.blocks:
