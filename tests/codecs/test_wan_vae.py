@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ultragen.codecs.wan_vae import DEBUG_CONFIG, WanVAE
+from ultragen.codecs.wan_vae import DEBUG_CONFIG, WAN22_DEBUG_CONFIG, WanVAE
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,22 @@ def test_bfloat16_option(codec):
     torch.testing.assert_close(out, codec.decode(latents), atol=0.1, rtol=0)
     with pytest.raises(ValueError, match="tile_size"):
         WanVAE(config=DEBUG_CONFIG, tile_size=(30, 52))
+
+
+def test_wan22_layout_follows_4x16x16_and_loads_from_its_diffusers_folder(tmp_path):
+    torch.manual_seed(0)
+    codec = WanVAE(config=WAN22_DEBUG_CONFIG, tiling=False)
+    assert (codec.temporal_factor, codec.spatial_factor) == (4, 16)
+    assert codec.latent_shape(81, 2176, 3840)[1:] == (21, 136, 240)  # 21x68x120 tokens with the 1x2x2 patch
+    video = torch.rand(1, 3, 9, 64, 96) * 2 - 1
+    latents = codec.encode(video)
+    assert latents.shape == (1, 4, 3, 4, 6) == (1, *codec.latent_shape(9, 64, 96))
+    assert codec.decode(latents).shape == video.shape
+    tiled = WanVAE(config=WAN22_DEBUG_CONFIG, tile_size=(32, 64), tile_stride=(32, 48))
+    tiled.vae.load_state_dict(codec.vae.state_dict())
+    assert tiled.decode(latents).shape == video.shape
+    codec.vae.save_pretrained(tmp_path / "vae")  # config.json carries is_residual, patch_size, scale factors
+    torch.testing.assert_close(WanVAE(path=str(tmp_path / "vae"), tiling=False).encode(video), latents)
+    torch.save({"encoder.conv1.weight": torch.zeros(1)}, tmp_path / "Wan2.2_VAE.pth")
+    with pytest.raises(ValueError, match="original Wan layout.*point `path` at the vae/ folder"):
+        WanVAE(path=str(tmp_path / "Wan2.2_VAE.pth"), config=WAN22_DEBUG_CONFIG)

@@ -1,4 +1,4 @@
-"""WanVAE: the Wan2.1 causal 3D VAE (diffusers `AutoencoderKLWan`) behind the VideoCodec interface."""
+"""WanVAE: the Wan2.1 and Wan2.2 causal 3D VAEs (diffusers `AutoencoderKLWan`) behind the VideoCodec interface."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ DEBUG_CONFIG = dict(
     temperal_downsample=[False, True, True],
     latents_mean=[0.1, -0.2, 0.3, 0.0],
     latents_std=[1.5, 2.0, 0.5, 1.0],
+)
+# The same with the Wan2.2 VAE's 4×16×16 layout (residual down blocks, 2×2 pixel patches in and out).
+WAN22_DEBUG_CONFIG = DEBUG_CONFIG | dict(
+    decoder_base_dim=8, is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16,
+    scale_factor_temporal=4,
 )
 
 
@@ -54,6 +59,11 @@ def load_single_file(path: Path, config: dict | None):
     state = read_state_dict(path)
     state = state.get("state_dict", state)
     if "encoder.conv1.weight" in state:  # the original Wan layout
+        if (config or {}).get("is_residual"):
+            raise ValueError(
+                f"{path} is in the original Wan layout, which is converted for the Wan2.1 VAE only; for the Wan2.2 "
+                "VAE point `path` at the vae/ folder of Wan2.2-TI2V-5B-Diffusers"
+            )
         state = convert_wan_vae_to_diffusers(state)
     vae = AutoencoderKLWan(**(config or {}))
     load_state_dict_into(vae, state, path=str(path), format="wan_vae")
@@ -61,7 +71,8 @@ def load_single_file(path: Path, config: dict | None):
 
 
 class WanVAE(VideoCodec):
-    """Frozen Wan-VAE: F = 4k+1 frames -> k+1 latent frames, 8× spatial, latents normalised per channel.
+    """Frozen Wan-VAE: F = 4k+1 frames -> k+1 latent frames, 8× (Wan2.1) or 16× (Wan2.2) spatial as the diffusers
+    config says, latents normalised per channel.
 
     Encode returns the posterior mean, normalised as Wan does: (z - latents_mean) / latents_std; decode inverts
     it. Spatial tiling (sizes and strides in pixels, multiples of the spatial factor) bounds memory at 1080P/4K;
