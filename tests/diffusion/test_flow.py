@@ -86,3 +86,14 @@ def test_x0_loss_weighting_is_the_mse_of_the_implied_x0():
     assert torch.equal(FlowMatching(loss_weighting="none").weights, torch.ones(1000))
     with pytest.raises(ValueError, match="loss_weighting='snr'"):
         FlowMatching(loss_weighting="snr")
+
+
+def test_masked_loss_counts_only_the_kept_elements():
+    flow = FlowMatching(loss_weighting="none")
+    pred, target = torch.zeros(2, 3, 4, 2, 2), torch.zeros(2, 3, 4, 2, 2)
+    pred[:, :, 0] = 2.0  # error 4 on frame 0 only
+    weight = torch.ones(2)
+    assert flow.loss(pred, target, weight).item() == pytest.approx(1.0)  # 4 over a quarter of the elements
+    keep = torch.ones(2, 1, 4, 1, 1)
+    keep[0, :, 0] = 0.0  # clip 0 drops frame 0, clip 1 keeps it
+    assert flow.loss(pred, target, weight, keep).item() == pytest.approx((0.0 + 1.0) / 2)

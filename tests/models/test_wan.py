@@ -161,7 +161,8 @@ def test_pooled_text_starts_as_the_network_without_it_and_reaches_the_modulation
     assert (pooled(x, t, c1) - pooled(x, t, c2)).abs().amax() > 1e-3
 
 
-def test_ultragen_gates_refuse_per_token_timesteps_by_name():
+def test_ultragen_gates_read_the_clips_noise_level_under_per_token_timesteps():
+    """TI2V: the clean first frame's tokens at t = 0 leave the gates at the noisy tokens' t."""
     from functools import partial
 
     from ultragen.models.attention import UltraGenAttention
@@ -169,7 +170,11 @@ def test_ultragen_gates_refuse_per_token_timesteps_by_name():
     strategy = partial(UltraGenAttention, local_windows=[[2, 2]], hier_windows=[[2, 2]], global_factor=2,
                        hier_factor=2, lora_rank=4, pad="replicate", freq_dim=16)
     net = tiny_dit(attention=lambda dim, heads, layer: strategy(dim, heads, layer))
-    x, c = torch.randn(1, 8, 1, 8, 8), torch.randn(1, 4, 12)
-    net(x, torch.tensor([500.0]), c)
-    with pytest.raises(ValueError, match=r"UltraGenAttention gates take one timestep per clip.*pass t of shape \(B,\)"):
-        net(x, torch.full((1, 16), 500.0), c)
+    seen = []
+    net.blocks[1].self_attn.strategy.register_forward_pre_hook(lambda m, args: seen.append(args[2].timestep_freq))
+    x, c = torch.randn(1, 8, 2, 8, 8), torch.randn(1, 4, 12)
+    t = torch.full((1, 32), 700.0)
+    t[:, :16] = 0.0  # the first latent frame clean
+    net(x, t, c)
+    net(x, torch.tensor([700.0]), c)
+    assert seen[0].shape == (1, 16) and torch.equal(seen[0], seen[1])

@@ -87,7 +87,13 @@ class FlowMatching:
         """Velocity target ε - x_0."""
         return noise - x0
 
-    def loss(self, pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        """Per-sample MSE weighted by w(t) (see the class docstring), averaged over the batch."""
-        mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+    def loss(self, pred: Tensor, target: Tensor, weight: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Per-sample MSE weighted by w(t) (see the class docstring), averaged over the batch; with `mask`
+        (broadcastable to pred, 1 = counted), each sample's MSE is over its counted elements only."""
+        err = (pred.float() - target.float()).pow(2)
+        if mask is None:
+            mse = err.flatten(1).mean(1)  # (B,)
+        else:
+            mask = mask.to(err).expand_as(err)
+            mse = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
         return (mse * weight.to(mse)).mean()

@@ -45,6 +45,17 @@ RELEASE_NEGATIVE_PROMPT = (
 FROZEN_PREFIXES = ("codec.", "text_encoder.")
 
 
+def first_frame_clean(grid, t: Tensor, clean: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token timesteps (B, N) with the first latent frame's tokens at 0 where `clean` (B,) bool, and the loss
+    mask (B, 1, grid.t, 1, 1) that drops that frame there. Needs a temporal patch of 1 (one latent frame a token)."""
+    per_frame = grid.h * grid.w
+    token_t = t[:, None].repeat(1, grid.t * per_frame)
+    token_t[:, :per_frame] *= (~clean)[:, None].to(t)
+    mask = torch.ones(t.shape[0], 1, grid.t, 1, 1, device=t.device)
+    mask[:, :, 0] = (~clean).float().view(-1, 1, 1, 1)
+    return token_t, mask
+
+
 @dataclass
 class SamplingConfig:
     """Video size and sampler settings for validation samples and `predict` (paper: 30 steps, CFG 5)."""
@@ -80,6 +91,7 @@ class VideoDiffusionModule(L.LightningModule):
         loss_weighting: Literal["none", "diffsynth", "x0"] = "diffsynth",
         prediction: Literal["velocity", "x0"] = "velocity",
         text_dropout: float = 0.1,
+        first_frame_condition: float = 0.0,
         text_cache_size: int = 0,
         trainable: Literal["all", "strategy", "lora"] = "all",
         lora_rank: int = DEFAULT_LORA_RANK,
@@ -105,6 +117,14 @@ class VideoDiffusionModule(L.LightningModule):
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text_dropout={text_dropout} must be in [0, 1)")
         self.text_dropout = text_dropout
+        if not 0.0 <= first_frame_condition <= 1.0:
+            raise ValueError(f"first_frame_condition={first_frame_condition} must be a probability in [0, 1]")
+        if first_frame_condition > 0 and self.net.patch_size[0] != 1:
+            raise ValueError(
+                f"first_frame_condition needs a temporal patch of 1 (one latent frame per token), the DiT has "
+                f"patch_size={list(self.net.patch_size)}; set model.first_frame_condition: 0"
+            )
+        self.first_frame_condition = first_frame_condition
         self.noise_seed = torch.initial_seed()  # `seed_everything`'s seed; the checkpoint keeps it for the resume
         if text_cache_size < 0:
             raise ValueError(f"text_cache_size={text_cache_size} must be >= 0 (0 disables the cache)")
@@ -211,11 +231,20 @@ class VideoDiffusionModule(L.LightningModule):
         return self.flow.velocity(self.net(x_t, t, context), x_t, t)
 
     def diffusion_loss(self, latents: Tensor, text: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Flow-matching loss at random levels. With `first_frame_condition` p, each clip keeps its first latent
+        frame clean with probability p (Wan2.2 TI2V): those tokens get t = 0 and that frame leaves the loss."""
         sigma, t, weight = self.flow.sample(latents.shape[0], generator=generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents) if generator else torch.randn_like(latents)
         x_t = self.flow.add_noise(latents, noise, sigma.to(latents.device))
-        pred = self.velocity(x_t, t.to(latents.device), text)
-        return self.flow.loss(pred, self.flow.target(latents, noise), weight.to(latents.device))
+        t = t.to(latents.device)
+        net_t, mask = t, None
+        if self.first_frame_condition > 0:
+            clean = (torch.rand(latents.shape[0], generator=generator) < self.first_frame_condition).to(latents.device)
+            net_t, mask = first_frame_clean(self.net.token_grid(*latents.shape[2:]), t, clean)
+            x_t[:, :, :1] = torch.where(clean.view(-1, 1, 1, 1, 1), latents[:, :, :1], x_t[:, :, :1])
+            mask = mask.to(latents)
+        pred = self.flow.velocity(self.net(x_t, net_t, text), x_t, t)
+        return self.flow.loss(pred, self.flow.target(latents, noise), weight.to(latents.device), mask)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """Caption dropout, timesteps and noise come from `batch_generator(noise_seed, batch index, rank)`, not from
@@ -279,11 +308,11 @@ class VideoDiffusionModule(L.LightningModule):
         return {"key": list(batch["key"]), "prompt": list(batch["prompt"]), "video": self.generate(batch["prompt"], seeds, progress=True)}
 
     # ------------------------------------------------------------ checkpoints
-    def rebuilt_keys(self) -> set[str]:
+    def rebuilt_keys(self, frozen_dit: bool) -> set[str]:
         """State keys a checkpoint leaves out because the config rebuilds them: the frozen codec and text encoder,
-        and with `exclude_frozen_parameters` the DiT's frozen weights (from `net_weights`)."""
+        and with `frozen_dit` (`exclude_frozen_parameters`) the DiT's frozen weights (from `net_weights`)."""
         keys = {k for k in self.state_dict() if k.startswith(FROZEN_PREFIXES)}
-        if self.exclude_frozen_parameters:
+        if frozen_dit:
             keys |= {f"net.{k}" for k, p in self.net.named_parameters() if not p.requires_grad}
         return keys
 
@@ -292,7 +321,7 @@ class VideoDiffusionModule(L.LightningModule):
         `exclude_frozen_parameters`, the frozen DiT weights of a `strategy` or `lora` run; also from the training
         weights that EMA moves to `current_model_state`. The noise seed and global RNG states are kept for the
         resume."""
-        rebuilt = self.rebuilt_keys()
+        rebuilt = self.rebuilt_keys(self.exclude_frozen_parameters)
         for name in ("state_dict", "current_model_state"):
             state = checkpoint.get(name, {})
             for key in [k for k in state if k in rebuilt]:
@@ -303,12 +332,13 @@ class VideoDiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Puts the frozen weights back; when resuming a fit, restores the noise seed and the global RNG states
         (which only third-party draws use: ours come from `batch_generator`)."""
-        if checkpoint.get("hyper_parameters", {}).get("exclude_frozen_parameters") and self.initialised_from is None:
+        excluded = checkpoint.get("hyper_parameters", {}).get("exclude_frozen_parameters", False)
+        if excluded and self.initialised_from is None:
             raise ValueError(
                 "this checkpoint holds only the trained DiT tensors (model.exclude_frozen_parameters); set "
                 "model.net_weights to the run's base weights so the frozen ones are rebuilt from them"
             )
-        rebuilt = self.rebuilt_keys()
+        rebuilt = self.rebuilt_keys(excluded)
         frozen = {k: v for k, v in self.state_dict().items() if k in rebuilt}
         checkpoint["state_dict"] = frozen | checkpoint.get("state_dict", {})
         if "current_model_state" in checkpoint:  # the training weights, when EMAWeightAveraging saved the average

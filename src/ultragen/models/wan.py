@@ -188,7 +188,8 @@ class WanDiT(nn.Module):
         """x (B, C, F, H, W), t (B,) or one per token (B, N), context (B, L, text_dim) -> (B, out_dim, F, H, W).
 
         Per-token timesteps (Wan2.2 TI2V: the clean first latent frame at t = 0) modulate each token with its own
-        t; tokens are in (f, h, w) order, N = grid.t·grid.h·grid.w.
+        t; tokens are in (f, h, w) order, N = grid.t·grid.h·grid.w. Attention strategies' gates see the clip's
+        largest t, the noise level of its noisy tokens.
         """
         if x.shape[1] != self.in_dim:
             raise ValueError(f"latent has {x.shape[1]} channels but the DiT expects in_dim={self.in_dim}")
@@ -209,7 +210,10 @@ class WanDiT(nn.Module):
         t_emb = t_emb if t_emb.ndim == 3 else t_emb.unsqueeze(1)  # (B, 1 or N, C)
         t_mod = self.time_projection(t_emb).unflatten(-1, (6, self.dim))  # (B, 1 or N, 6, C)
         context = self.text_embedding(context)  # (B, L, C)
-        ctx = AttentionContext(grid=grid, rope=self.rope, timestep_freq=freq)
+        # strategies' gates see one timestep per clip: with per-token t, the noise level of its noisy tokens
+        clip_t = t if t.ndim == 1 else t.amax(1)
+        clip_freq = freq if t.ndim == 1 else sinusoidal_embedding(self.freq_dim, clip_t.to(self.timestep_dtype)).float()
+        ctx = AttentionContext(grid=grid, rope=self.rope, timestep_freq=clip_freq)
         for block in self.blocks:
             x = block(x, t_mod, context, ctx)
         x = self.head(x, t_emb)  # (B, N, p·out_dim)

@@ -66,7 +66,7 @@ class AttentionContext:
 
     grid: VideoGrid
     rope: RotaryTables  # global 3D tables; strategies slice or re-index them
-    timestep_freq: Tensor  # (B, freq_dim) sinusoidal timestep features, for gates
+    timestep_freq: Tensor  # (B, freq_dim) sinusoidal features of the clip's t (per-token t: the largest), for gates
 
     def grid_rope(self, device: torch.device) -> Rotary:
         """Rotary tables of the full token grid, (N, head_dim / 2)."""

@@ -147,11 +147,6 @@ class UltraGenAttention(AttentionStrategy):
         return (("local", self.local_branch), ("hierarchical", self.hier_branch), ("global", self.global_branch))
 
     def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
-        if ctx.timestep_freq.ndim != 2:
-            raise ValueError(
-                "UltraGenAttention gates take one timestep per clip, got per-token timesteps "
-                f"{tuple(ctx.timestep_freq.shape[:-1])}; pass t of shape (B,)"
-            )
         weights = {k: v.to(x.dtype).squeeze(1) for k, v in self.branch_weights(ctx.timestep_freq).items()}  # (B, C)
         out = None
         for name, branch in self.branches():
