@@ -29,6 +29,7 @@ from ultragen.lit.recipe import (
     shard_blocks,
 )
 from ultragen.lit.resume import batch_generator, rng_states, set_rng_states
+from ultragen.models.attention import VideoGrid
 from ultragen.models.wan import WanDiT
 from ultragen.text.base import TextEncoder
 
@@ -45,7 +46,7 @@ RELEASE_NEGATIVE_PROMPT = (
 FROZEN_PREFIXES = ("codec.", "text_encoder.")
 
 
-def first_frame_clean(grid, t: Tensor, clean: Tensor) -> tuple[Tensor, Tensor]:
+def first_frame_clean(grid: VideoGrid, t: Tensor, clean: Tensor) -> tuple[Tensor, Tensor]:
     """Per-token timesteps (B, N) with the first latent frame's tokens at 0 where `clean` (B,) bool, and the loss
     mask (B, 1, grid.t, 1, 1) that drops that frame there. Needs a temporal patch of 1 (one latent frame a token)."""
     per_frame = grid.h * grid.w

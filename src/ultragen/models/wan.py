@@ -194,10 +194,10 @@ class WanDiT(nn.Module):
         if x.shape[1] != self.in_dim:
             raise ValueError(f"latent has {x.shape[1]} channels but the DiT expects in_dim={self.in_dim}")
         grid = self.token_grid(*x.shape[2:])
-        if t.ndim == 2 and t.shape[1] != grid.t * grid.h * grid.w or t.ndim not in (1, 2):
+        if t.ndim not in (1, 2) or (t.ndim == 2 and t.shape[1] != grid.numel):
             raise ValueError(
                 f"timesteps of shape {tuple(t.shape)} are neither one per clip (B,) nor one per token "
-                f"(B, {grid.t * grid.h * grid.w}) for the {tuple(grid)} token grid"
+                f"(B, {grid.numel}) for the {tuple(grid)} token grid"
             )
         x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, N, C)
         if self.absolute_position:
@@ -211,8 +211,7 @@ class WanDiT(nn.Module):
         t_mod = self.time_projection(t_emb).unflatten(-1, (6, self.dim))  # (B, 1 or N, 6, C)
         context = self.text_embedding(context)  # (B, L, C)
         # strategies' gates see one timestep per clip: with per-token t, the noise level of its noisy tokens
-        clip_t = t if t.ndim == 1 else t.amax(1)
-        clip_freq = freq if t.ndim == 1 else sinusoidal_embedding(self.freq_dim, clip_t.to(self.timestep_dtype)).float()
+        clip_freq = freq if t.ndim == 1 else sinusoidal_embedding(self.freq_dim, t.amax(1).to(self.timestep_dtype)).float()
         ctx = AttentionContext(grid=grid, rope=self.rope, timestep_freq=clip_freq)
         for block in self.blocks:
             x = block(x, t_mod, context, ctx)
