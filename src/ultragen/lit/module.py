@@ -8,6 +8,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import lightning as L
@@ -19,6 +20,7 @@ from torch.distributed.tensor import DTensor
 
 from ultragen.codecs.base import VideoCodec
 from ultragen.diffusion import EulerSampler, FlowMatching
+from ultragen.data.prompts import fit_image
 from ultragen.eval.objects import to_uint8
 from ultragen.lit.recipe import (
     DEFAULT_LORA_RANK,
@@ -291,22 +293,52 @@ class VideoDiffusionModule(L.LightningModule):
 
     # -------------------------------------------------------------- sampling
     @torch.no_grad()
-    def generate(self, prompts: list[str], seeds: list[int], progress: bool = False) -> Tensor:
-        """Videos (B, 3, F, H, W) uint8 for prompts; noise drawn on the CPU in float32 from each seed (as Wan)."""
+    def generate(
+        self, prompts: list[str], seeds: list[int], progress: bool = False, first_frames: Tensor | None = None
+    ) -> Tensor:
+        """Videos (B, 3, F, H, W) uint8 for prompts; noise drawn on the CPU in float32 from each seed (as Wan).
+
+        `first_frames` (B, 3, H, W) in [-1, 1] at the sampling size makes it image-to-video (Wan2.2 TI2V): the
+        image's latent is the first latent frame at every step, its tokens at t = 0, and only the rest is denoised.
+        """
         s = self.sampling
         c, t, h, w = self.codec.latent_shape(s.frames, s.height, s.width)
         noise = torch.stack([torch.randn(c, t, h, w, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds])
         dtype = next(self.net.parameters()).dtype
         context = self.encode_text(prompts).to(dtype)
         negative = self.encode_text([s.negative_prompt] * len(prompts)).to(dtype) if s.guidance_scale != 1.0 else None
+        velocity = self.velocity
+        if first_frames is not None:
+            if tuple(first_frames.shape[-2:]) != (s.height, s.width):
+                raise ValueError(
+                    f"first frames of size {tuple(first_frames.shape[-2:])} do not match the sampling size "
+                    f"{(s.height, s.width)}; resize them first (ultragen.data.prompts.load_first_frame does)"
+                )
+            first = self.codec.encode(first_frames[:, :, None].to(self.device, torch.float32))[:, :, :1].to(dtype)
+            velocity = partial(self.conditioned_velocity, first)
+            noise[:, :, :1] = first.cpu().to(noise.dtype)
         sampler = EulerSampler(steps=s.steps, shift=s.shift, guidance_scale=s.guidance_scale)
-        latents = sampler.sample(self.velocity, noise.to(self.device, dtype), context, negative, progress=progress)
+        latents = sampler.sample(velocity, noise.to(self.device, dtype), context, negative, progress=progress)
         video = self.codec.decode(latents.float())
         return to_uint8(video).cpu()
 
+    def conditioned_velocity(self, first: Tensor, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        """The velocity with the first latent frame held at `first` (B, C, 1, h, w): its tokens see t = 0 and its
+        velocity is zero, so an Euler step leaves it as it is."""
+        x_t = torch.cat([first, x_t[:, :, 1:]], dim=2)
+        grid = self.net.token_grid(*x_t.shape[2:])
+        token_t, _ = first_frame_clean(grid, t, torch.ones_like(t, dtype=torch.bool))
+        v = self.flow.velocity(self.net(x_t, token_t, context), x_t, t)
+        return torch.cat([torch.zeros_like(v[:, :, :1]), v[:, :, 1:]], dim=2)
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """One video per prompt; prompts with an image (`first_frame`, uint8) become image-to-video."""
         seeds = [int(s) for s in batch["seed"]]
-        return {"key": list(batch["key"]), "prompt": list(batch["prompt"]), "video": self.generate(batch["prompt"], seeds, progress=True)}
+        first_frames = None
+        if "first_frame" in batch:
+            first_frames = fit_image(batch["first_frame"], self.sampling.height, self.sampling.width)
+        video = self.generate(batch["prompt"], seeds, progress=True, first_frames=first_frames)
+        return {"key": list(batch["key"]), "prompt": list(batch["prompt"]), "video": video}
 
     # ------------------------------------------------------------ checkpoints
     def rebuilt_keys(self, frozen_dit: bool) -> set[str]:
