@@ -160,3 +160,31 @@ def test_procedural_metrics_are_logged_with_a_frame_strip(tmp_path):
     assert {"samples/strip", "samples/by_step"} <= set(events.Tags()["images"])
     width, height = Image.open(strip).size
     assert width >= 5 * 64 * 2 and height >= 2 * 64 * 2  # 5 frames of 2 videos at 2x
+
+
+def test_ti2v_fit_with_first_frame_condition_then_image_to_video_predict(tmp_path):
+    """TI2V through the CLI: a first-frame-conditioned fit, then a .jsonl prompt with an image whose mp4 starts with
+    that image (within h264 tolerance); the text-only line beside it does not."""
+    import numpy as np
+    from torchvision.io import write_png
+
+    run("fit", "-c", TINY, "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--model.first_frame_condition=0.5",
+        f"--trainer.logger.init_args.save_dir={tmp_path}")
+    (ckpt,) = sorted(tmp_path.rglob("last.ckpt"))
+    yy, xx = np.mgrid[0:48, 0:80]
+    image = np.stack([xx * 3, yy * 5, np.full_like(xx, 128)]).astype(np.uint8)  # smooth 48x80: resized and cropped
+    write_png(torch.from_numpy(image), str(tmp_path / "first.png"))
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red disc", "image": "first.png"}\n{"prompt": "a red disc"}\n')
+    out = tmp_path / "videos"
+    run("predict", "-c", TINY, f"--ckpt_path={ckpt}", f"--data.init_args.prompts={tmp_path / 'p.jsonl'}",
+        "--model.sampling.steps=2", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.callbacks.output_dir={out}")
+    from ultragen.data.prompts import fit_image
+
+    expected = ((fit_image(torch.from_numpy(image)[None], 64, 64)[0] + 1) * 127.5).permute(1, 2, 0).numpy()
+    first_frames = []
+    for path in sorted(out.glob("*.mp4")):
+        with av.open(str(path)) as container:
+            first_frames.append(next(container.decode(video=0)).to_ndarray(format="rgb24").astype(float))
+    assert np.abs(first_frames[0] - expected).mean() < 3  # h264 at crf 18 on a smooth image
+    assert np.abs(first_frames[1] - expected).mean() > 20

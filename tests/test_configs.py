@@ -24,13 +24,17 @@ class ParseOnlyCLI(UltraGenCLI):
 
 STANDALONE = {TINY, CONFIGS / "demo.yaml", CONFIGS / "ablation" / "base.yaml"}
 WAN_1_3B = CONFIGS / "model" / "wan2.1_t2v_1.3b.yaml"
+WAN22_5B = CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"
 
 
 def stack(path: Path) -> list[Path]:
-    """Partial files are stacked on the tiny debug run; experiments also on the 1.3B preset they are written for."""
+    """Partial files are stacked on the tiny debug run; experiments also on the preset they are written for (the
+    Wan2.2-5B one for `*_wan22.yaml`, Wan2.1-1.3B otherwise)."""
     if path in STANDALONE:
         return [path]
-    return [TINY, WAN_1_3B, path] if path.parent.name == "experiments" else [TINY, path]
+    if path.parent.name != "experiments":
+        return [TINY, path]
+    return [TINY, WAN22_5B if path.stem.endswith("_wan22") else WAN_1_3B, path]
 
 
 def build_net(net_config) -> WanDiT:
@@ -50,6 +54,8 @@ def test_config_parses_through_cli_and_builds_net(path, monkeypatch):
     net = build_net(cli.config.model.net)
     assert len(net.blocks) == cli.config.model.net.init_args.num_layers
     assert cli.config.data.class_path
+    if WAN22_5B in stack(path):
+        assert (net.dim, len(net.blocks), net.num_heads) == (3072, 30, 24)
 
 
 def test_unknown_option_is_rejected(monkeypatch):
