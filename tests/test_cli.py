@@ -112,9 +112,9 @@ def test_data_token_budget_must_match_codec():
     from ultragen.lit.cli import UltraGenCLI
 
     module = UltraGenCLI(args=["-c", TINY], run=False).model  # PixelCodec(4, 4), patch (1, 2, 2)
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(budget=TokenBudget(1000, 4, 4, (1, 2, 2))))
+    module._trainer = SimpleNamespace(strategy=None, datamodule=SimpleNamespace(budget=TokenBudget(1000, 4, 4, (1, 2, 2))))
     module.setup("fit")
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(budget=TokenBudget(1000, 4, 8, (1, 2, 2))))
+    module._trainer = SimpleNamespace(strategy=None, datamodule=SimpleNamespace(budget=TokenBudget(1000, 4, 8, (1, 2, 2))))
     with pytest.raises(ValueError, match=r"set data.init_args.temporal_factor/spatial_factor/patch to match"):
         module.setup("fit")
 
