@@ -88,6 +88,16 @@ def test_t3_cycle_matches_reported_43x():
     assert round(30 * full / sum(layer_cost(s, grid).maps for s in strategies), 1) == 43.0
 
 
+def test_t3_wan22_counts_give_the_released_window_sizes_on_its_4k_grid():
+    net = load_configs([CONFIGS / "experiments" / "t3_4k_wan22.yaml"])["model"]["net"]["init_args"]
+    preset = load_configs([CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"])["model"]["net"]["init_args"]
+    strategies = build_strategies({**preset, **net})
+    grid = VideoGrid(21, 68, 120)
+    sizes = [tuple(g // n for g, n in zip(grid, s.counts)) for s in strategies[:5]]
+    assert sizes == [(1, 68, 120), (21, 4, 6), (21, 4, 20), (7, 17, 8), (3, 17, 15)]  # METHOD.md §8.2
+    assert all(layer_cost(s, grid).maps > 0 for s in strategies)  # every layer's counts divide the grid
+
+
 def test_strategies_are_built_without_weight_memory():
     strategies = build_strategies(release_net())
     params = [p for s in strategies for p in s.parameters()]

@@ -184,7 +184,7 @@ def test_experiment_yaml_builds_a_tiny_dit(path):
     assert len(net.blocks) == 30
     full = set(net_cfg["init_args"]["full_attention_layers"])
     assert {i for i, b in enumerate(net.blocks) if type(b.self_attn.strategy) is FullAttention} >= full
-    if path.stem == "t3_multiscale":  # window counts are those of the 21x136x240 grid; see test_cost.py
+    if path.stem.startswith("t3_"):  # window counts are those of the released 4K grids; see test_cost.py
         return
     x = torch.randn(1, 4, 2, 12, 20)
     out = net(x, torch.tensor([500.0]), torch.randn(1, 3, 8))
