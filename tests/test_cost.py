@@ -98,6 +98,20 @@ def test_t3_wan22_counts_give_the_released_window_sizes_on_its_4k_grid():
     assert all(layer_cost(s, grid).maps > 0 for s in strategies)  # every layer's counts divide the grid
 
 
+def test_vs_prints_one_comparison_row_per_experiment():
+    """The Wan2.2 4K comparison in one command; the T3 row is its own per-layer total, the full row 1x."""
+    experiments = CONFIGS / "experiments"
+    out = main(["--grid", "21x68x120", "--model", str(CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"),
+                "-c", str(experiments / "full.yaml"), "--vs", str(experiments / "ultragen_4k_wan22.yaml"),
+                "--vs", str(experiments / "t3_4k_wan22.yaml")])
+    rows = {line.split()[0]: line.split()[1:] for line in out.split("\n\n")[-1].splitlines()[1:]}
+    assert list(rows) == ["full", "ultragen_4k_wan22", "t3_4k_wan22"]
+    assert rows["full"][:2] == ["1.00", "1.00"] and float(rows["t3_4k_wan22"][0]) == pytest.approx(35.52, abs=0.01)
+    alone = main(["--grid", "21x68x120", "--model", str(CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"),
+                  "-c", str(experiments / "t3_4k_wan22.yaml")])
+    assert f"{rows['t3_4k_wan22'][2]} TFLOP" in alone  # the same whole-block total as its own report
+
+
 def test_strategies_are_built_without_weight_memory():
     strategies = build_strategies(release_net())
     params = [p for s in strategies for p in s.parameters()]

@@ -198,6 +198,33 @@ def describe(strategy: AttentionStrategy) -> str:
     return name
 
 
+def totals(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: int | None, text_len: int) -> dict:
+    """Whole-network FLOPs of `strategies` and of full attention in every layer: attention maps, self-attention
+    with its projections, and (given `ffn_dim`) whole blocks with cross-attention and FFN."""
+    full = layer_cost(FullAttention(strategies[0].dim, strategies[0].num_heads, 0), grid)
+    costs = [layer_cost(s, grid) for s in strategies]
+    layers = len(costs)
+    rest = block_rest_flops(strategies[0].dim, ffn_dim, text_len, grid) * layers if ffn_dim else None
+    out = {
+        "maps": sum(c.maps for c in costs), "full_maps": full.maps * layers,
+        "self": sum(c.total for c in costs), "full_self": full.total * layers,
+    }
+    if rest is not None:
+        out |= {"blocks": out["self"] + rest, "full_blocks": out["full_self"] + rest}
+    return out
+
+
+def comparison(rows: Sequence[tuple[str, Sequence[AttentionStrategy]]], grid: VideoGrid, ffn_dim: int | None,
+               text_len: int) -> str:
+    """One line per named configuration: attention-map and self-attention ratios vs full, whole-block TFLOP."""
+    lines = [f"{'config':<40} {'maps x fewer':>12} {'self-attn x fewer':>18} {'block TFLOP':>12}"]
+    for name, strategies in rows:
+        t = totals(strategies, grid, ffn_dim, text_len)
+        blocks = f"{t['blocks'] / 1e12:>12,.0f}" if "blocks" in t else f"{'-':>12}"
+        lines.append(f"{name:<40} {t['full_maps'] / t['maps']:>12.2f} {t['full_self'] / t['self']:>18.2f} {blocks}")
+    return "\n".join(lines)
+
+
 def report(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: int | None, text_len: int) -> str:
     """Per-layer table and whole-model ratios against full attention."""
     dim = strategies[0].dim
@@ -212,15 +239,13 @@ def report(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: in
             f"{i:>5}  {describe(s):<40} {c.maps / 1e9:>12.1f} {full.maps / c.maps:>8.2f} "
             f"{c.total / 1e9:>12.1f} {full.total / c.total:>8.2f}"
         )
-    maps, total, layers = sum(c.maps for c in costs), sum(c.total for c in costs), len(costs)
-    lines.append(f"self-attention, attention maps only: {full.maps * layers / maps:.2f}x fewer FLOPs than full")
-    lines.append(f"self-attention incl. projections/convs/LoRA: {full.total * layers / total:.2f}x")
-    if ffn_dim:
-        rest = block_rest_flops(dim, ffn_dim, text_len, grid) * layers
+    t = totals(strategies, grid, ffn_dim, text_len)
+    lines.append(f"self-attention, attention maps only: {t['full_maps'] / t['maps']:.2f}x fewer FLOPs than full")
+    lines.append(f"self-attention incl. projections/convs/LoRA: {t['full_self'] / t['self']:.2f}x")
+    if "blocks" in t:
         lines.append(
             f"whole DiT blocks (self + cross-attention + FFN, text length {text_len}): "
-            f"{(full.total * layers + rest) / 1e12:,.0f} vs {(total + rest) / 1e12:,.0f} TFLOP, "
-            f"{(full.total * layers + rest) / (total + rest):.2f}x"
+            f"{t['full_blocks'] / 1e12:,.0f} vs {t['blocks'] / 1e12:,.0f} TFLOP, {t['full_blocks'] / t['blocks']:.2f}x"
         )
     return "\n".join(lines)
 
@@ -255,8 +280,20 @@ def main(argv: list[str]) -> str:
     parser.add_argument(
         "--text-len", type=int, help="text tokens in cross-attention (default: the text encoder's max_length or 512)"
     )
+    parser.add_argument(
+        "--vs", action="append", default=[], metavar="YAML",
+        help="another experiment file, merged after the model preset and the -c files instead of the last -c one; "
+        "adds a comparison table (repeatable), e.g. --vs configs/experiments/full.yaml",
+    )
     args = parser.parse_args(argv)
     config = read_config(parser, args)
     model, net = config.get("model") or {}, net_args(config)
-    text_len = args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512
-    return report(build_strategies(net), args.grid, net.get("ffn_dim"), int(text_len))
+    text_len = int(args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512)
+    out = report(build_strategies(net), args.grid, net.get("ffn_dim"), text_len)
+    if not args.vs:
+        return out
+    rows = [(Path(args.config[-1]).stem, build_strategies(net))]
+    for path in args.vs:
+        alternative = read_config(parser, argparse.Namespace(config=[*args.config[:-1], path], model=args.model))
+        rows.append((Path(path).stem, build_strategies(net_args(alternative))))
+    return out + "\n\n" + comparison(rows, args.grid, net.get("ffn_dim"), text_len)
