@@ -41,8 +41,8 @@ def test_config_error_is_one_line_naming_the_keys(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "config error" in line]
-    assert line.startswith("ultragen fit: config error: full_attention_layers [2, 27, 28, 29] out of range")
-    assert "model.net.init_args.full_attention_layers=[0, 1, 2, 27, 28, 29]" in line
+    assert line.startswith("ultragen fit: config error: full_attention_layers [2, -3] out of range")
+    assert "model.net.init_args.full_attention_layers=[0, 1, 2, -3, -2, -1]" in line
     assert "model.net.init_args.num_layers=2" in line and "ULTRAGEN_DEBUG=1" in line
     monkeypatch.setenv("ULTRAGEN_DEBUG", "1")
     with pytest.raises(ConfigError, match="out of range for num_layers=2") as raised:

@@ -263,7 +263,7 @@ def test_sp_keeps_the_gathered_global_plane_whole():
         (["--world-size", "3", "--sp-degree", "2"], "not a multiple of --sp-degree 2"),
         (["--activation-checkpointing", "often"], "activation_checkpointing='often'"),
         (["--precision", "16-mixed"], "invalid choice"),
-        (["-c", "configs/experiments/ultragen_1080p.yaml"], "full_attention_layers [2, 27, 28, 29] out of range"),
+        (["-c", "configs/experiments/ultragen_1080p.yaml"], "full_attention_layers [2, -3] out of range"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(monkeypatch, capsys, args, message):

@@ -58,6 +58,16 @@ def test_full_attention_layers_and_factory():
     assert all(isinstance(b.self_attn.strategy, AttentionStrategy) for b in net.blocks)
 
 
+def test_negative_full_attention_layers_count_from_the_last_block():
+    """[0, 1, 2, -3, -2, -1] means the first and last three blocks at any depth (27-29 of 30, 37-39 of 40)."""
+    for layers, last in ((6, [3, 4, 5]), (8, [5, 6, 7])):
+        net = tiny_dit(num_layers=layers, full_attention_layers=[0, 1, 2, -3, -2, -1])
+        assert net.full_attention_layers == [0, 1, 2, *last]
+    assert tiny_dit(num_layers=4, full_attention_layers=[3, -1]).full_attention_layers == [3]
+    with pytest.raises(ValueError, match=r"\[-5\] out of range for num_layers=4; use indices from -4 to 3"):
+        tiny_dit(num_layers=4, full_attention_layers=[0, -5])
+
+
 def test_rope_matches_wan_complex_reference():
     """Wan2.1: freqs = polar(1, outer(pos, theta^(-2j/d))) per axis, concatenated, x viewed as complex pairs."""
     head_dim, grid = 24, VideoGrid(3, 4, 5)

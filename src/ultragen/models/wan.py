@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ultragen.models.attention import AttentionContext, AttentionStrategy, FullAttention, VideoGrid
+from ultragen.models.attention.base import resolve_layers
 from ultragen.models.blocks import DiTBlock
 from ultragen.models.rope import RotaryTables
 
@@ -88,7 +89,7 @@ class WanDiT(nn.Module):
 
     `in_dim` and `text_dim` come first because they follow the codec and the text encoder
     (the LightningModule supplies them); `attention` builds the strategy of every layer not in
-    `full_attention_layers`, which keep `FullAttention`. `timestep_dtype: bfloat16` rounds t to bf16 before
+    `full_attention_layers` (negative indices count from the last layer), which keep `FullAttention`. `timestep_dtype: bfloat16` rounds t to bf16 before
     embedding, as the UltraGen release does (spacing 4 on [512, 1024), so gates and modulation see quantised t).
     `absolute_position` adds `sincos_position_embedding` to the patch embeddings (off in Wan): RoPE alone gives
     a small model trained for minutes no sense of where in the frame a token is, which prompts like "moving
@@ -122,10 +123,7 @@ class WanDiT(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        full = sorted(set(full_attention_layers or []))
-        bad = [i for i in full if not 0 <= i < num_layers]
-        if bad:
-            raise ValueError(f"full_attention_layers {bad} out of range for num_layers={num_layers}")
+        full = resolve_layers("full_attention_layers", full_attention_layers or [], num_layers)
         self.in_dim, self.text_dim, self.dim = in_dim, text_dim, dim
         self.out_dim = out_dim or in_dim
         self.freq_dim = freq_dim

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,19 @@ class AttentionContext:
     def grid_rope(self, device: torch.device) -> Rotary:
         """Rotary tables of the full token grid, (N, head_dim / 2)."""
         return self.rope.for_grid(*self.grid, device=device)
+
+
+def resolve_layers(name: str, layers: Sequence[int], num_layers: int) -> list[int]:
+    """Layer indices as given, negative ones counted from the end (-1 = the last layer); sorted and unique.
+
+    Raises naming `name` and the indices outside -num_layers .. num_layers - 1."""
+    bad = [i for i in layers if not -num_layers <= i < num_layers]
+    if bad:
+        raise ValueError(
+            f"{name} {bad} out of range for num_layers={num_layers}; use indices from {-num_layers} to {num_layers - 1} "
+            "(negative ones count from the last layer)"
+        )
+    return sorted({i % num_layers for i in layers})
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", scale: float | None = None) -> Tensor:

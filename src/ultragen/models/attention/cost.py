@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from ultragen.models.attention.base import AttentionStrategy, VideoGrid
+from ultragen.models.attention.base import AttentionStrategy, VideoGrid, resolve_layers
 from ultragen.models.attention.full import FullAttention
 from ultragen.models.attention.global_compressed import Compression, GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
@@ -153,7 +153,7 @@ def build_strategies(net: Mapping[str, Any], device: torch.device | str = "meta"
     if isinstance(spec, str):
         spec = {"class_path": spec}
     cls, init_args = import_class(spec["class_path"]), dict(spec.get("init_args") or {})
-    full = set(net.get("full_attention_layers") or [])
+    full = set(resolve_layers("full_attention_layers", net.get("full_attention_layers") or [], layers))
     with torch.device(device):
         return [(FullAttention(dim, heads, i) if i in full else cls(dim, heads, i, **init_args)) for i in range(layers)]
 
