@@ -312,23 +312,26 @@ class VideoDiffusionModule(L.LightningModule):
             if tuple(first_frames.shape[-2:]) != (s.height, s.width):
                 raise ValueError(
                     f"first frames of size {tuple(first_frames.shape[-2:])} do not match the sampling size "
-                    f"{(s.height, s.width)}; resize them first (ultragen.data.prompts.load_first_frame does)"
+                    f"{(s.height, s.width)}; resize them first (ultragen.data.prompts.fit_image does)"
                 )
             first = self.codec.encode(first_frames[:, :, None].to(self.device, torch.float32))[:, :, :1].to(dtype)
-            velocity = partial(self.conditioned_velocity, first)
+            grid = self.net.token_grid(t, h, w)
+            one = torch.ones(1, device=self.device)  # per-token factor of the step's t: 0 on the held first frame
+            token_scale, _ = first_frame_clean(grid, one, torch.ones(1, dtype=torch.bool, device=self.device))
+            velocity = partial(self.conditioned_velocity, first, token_scale)
             noise[:, :, :1] = first.cpu().to(noise.dtype)
         sampler = EulerSampler(steps=s.steps, shift=s.shift, guidance_scale=s.guidance_scale)
         latents = sampler.sample(velocity, noise.to(self.device, dtype), context, negative, progress=progress)
         video = self.codec.decode(latents.float())
         return to_uint8(video).cpu()
 
-    def conditioned_velocity(self, first: Tensor, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        """The velocity with the first latent frame held at `first` (B, C, 1, h, w): its tokens see t = 0 and its
-        velocity is zero, so an Euler step leaves it as it is."""
+    def conditioned_velocity(
+        self, first: Tensor, token_scale: Tensor, x_t: Tensor, t: Tensor, context: Tensor
+    ) -> Tensor:
+        """The velocity with the first latent frame held at `first` (B, C, 1, h, w): its tokens see t = 0 (t times
+        `token_scale` (1, N)) and its velocity is zero, so an Euler step leaves it as it is."""
         x_t = torch.cat([first, x_t[:, :, 1:]], dim=2)
-        grid = self.net.token_grid(*x_t.shape[2:])
-        token_t, _ = first_frame_clean(grid, t, torch.ones_like(t, dtype=torch.bool))
-        v = self.flow.velocity(self.net(x_t, token_t, context), x_t, t)
+        v = self.flow.velocity(self.net(x_t, t[:, None] * token_scale, context), x_t, t)
         return torch.cat([torch.zeros_like(v[:, :, :1]), v[:, :, 1:]], dim=2)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

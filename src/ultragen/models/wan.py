@@ -85,12 +85,14 @@ class Head(nn.Module):
 
 
 class WanDiT(nn.Module):
-    """Wan2.1 T2V DiT. (B, in_dim, F, H, W) latents, (B,) timesteps in [0, 1000], (B, L, text_dim) text -> velocity.
+    """Wan2.1 T2V / Wan2.2 TI2V DiT. (B, in_dim, F, H, W) latents, (B,) or per-token (B, N) timesteps in [0, 1000],
+    (B, L, text_dim) text -> velocity.
 
     `in_dim` and `text_dim` come first because they follow the codec and the text encoder
     (the LightningModule supplies them); `attention` builds the strategy of every layer not in
-    `full_attention_layers` (negative indices count from the last layer), which keep `FullAttention`. `timestep_dtype: bfloat16` rounds t to bf16 before
-    embedding, as the UltraGen release does (spacing 4 on [512, 1024), so gates and modulation see quantised t).
+    `full_attention_layers` (negative indices count from the last layer), which keep `FullAttention`.
+    `timestep_dtype: bfloat16` rounds t to bf16 before embedding, as the UltraGen release does (spacing 4 on
+    [512, 1024), so gates and modulation see quantised t).
     `absolute_position` adds `sincos_position_embedding` to the patch embeddings (off in Wan): RoPE alone gives
     a small model trained for minutes no sense of where in the frame a token is, which prompts like "moving
     rightwards" (start on the left) need; it has no weights, so Wan checkpoints load either way.
@@ -202,10 +204,9 @@ class WanDiT(nn.Module):
             x = x + sincos_position_embedding(self.dim, grid, x.device).to(x.dtype)
         freq = sinusoidal_embedding(self.freq_dim, t.to(self.timestep_dtype).flatten()).float().unflatten(0, t.shape)
         t_emb = self.time_embedding(freq.to(x.dtype))  # (B, C) or per token (B, N, C)
-        if self.pooled_text_embedding is not None:
-            pooled = self.pooled_text_embedding(masked_mean(context))  # (B, C)
-            t_emb = t_emb + (pooled.unsqueeze(1) if t_emb.ndim == 3 else pooled)
         t_emb = t_emb if t_emb.ndim == 3 else t_emb.unsqueeze(1)  # (B, 1 or N, C)
+        if self.pooled_text_embedding is not None:
+            t_emb = t_emb + self.pooled_text_embedding(masked_mean(context)).unsqueeze(1)
         t_mod = self.time_projection(t_emb).unflatten(-1, (6, self.dim))  # (B, 1 or N, 6, C)
         context = self.text_embedding(context)  # (B, L, C)
         # strategies' gates see one timestep per clip: with per-token t, the noise level of its noisy tokens

@@ -198,13 +198,10 @@ def describe(strategy: AttentionStrategy) -> str:
     return name
 
 
-def totals(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: int | None, text_len: int) -> dict:
-    """Whole-network FLOPs of `strategies` and of full attention in every layer: attention maps, self-attention
-    with its projections, and (given `ffn_dim`) whole blocks with cross-attention and FFN."""
-    full = layer_cost(FullAttention(strategies[0].dim, strategies[0].num_heads, 0), grid)
-    costs = [layer_cost(s, grid) for s in strategies]
+def totals(costs: Sequence[AttentionCost], full: AttentionCost, rest: float | None) -> dict:
+    """Whole-network FLOPs of per-layer `costs` and of `full` attention in every layer: attention maps,
+    self-attention with its projections, and (given the per-network `rest` of the blocks) whole blocks."""
     layers = len(costs)
-    rest = block_rest_flops(strategies[0].dim, ffn_dim, text_len, grid) * layers if ffn_dim else None
     out = {
         "maps": sum(c.maps for c in costs), "full_maps": full.maps * layers,
         "self": sum(c.total for c in costs), "full_self": full.total * layers,
@@ -214,12 +211,22 @@ def totals(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: in
     return out
 
 
+def network_totals(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: int | None,
+                   text_len: int) -> tuple[list[AttentionCost], AttentionCost, dict]:
+    """Per-layer costs, the full-attention layer's cost and `totals` of a network of `strategies` on `grid`."""
+    dim = strategies[0].dim
+    full = layer_cost(FullAttention(dim, strategies[0].num_heads, 0), grid)
+    costs = [layer_cost(s, grid) for s in strategies]
+    rest = block_rest_flops(dim, ffn_dim, text_len, grid) * len(costs) if ffn_dim else None
+    return costs, full, totals(costs, full, rest)
+
+
 def comparison(rows: Sequence[tuple[str, Sequence[AttentionStrategy]]], grid: VideoGrid, ffn_dim: int | None,
                text_len: int) -> str:
     """One line per named configuration: attention-map and self-attention ratios vs full, whole-block TFLOP."""
     lines = [f"{'config':<40} {'maps x fewer':>12} {'self-attn x fewer':>18} {'block TFLOP':>12}"]
     for name, strategies in rows:
-        t = totals(strategies, grid, ffn_dim, text_len)
+        t = network_totals(strategies, grid, ffn_dim, text_len)[2]
         blocks = f"{t['blocks'] / 1e12:>12,.0f}" if "blocks" in t else f"{'-':>12}"
         lines.append(f"{name:<40} {t['full_maps'] / t['maps']:>12.2f} {t['full_self'] / t['self']:>18.2f} {blocks}")
     return "\n".join(lines)
@@ -227,19 +234,17 @@ def comparison(rows: Sequence[tuple[str, Sequence[AttentionStrategy]]], grid: Vi
 
 def report(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: int | None, text_len: int) -> str:
     """Per-layer table and whole-model ratios against full attention."""
-    dim = strategies[0].dim
-    full = layer_cost(FullAttention(dim, strategies[0].num_heads, 0), grid)
+    costs, full, t = network_totals(strategies, grid, ffn_dim, text_len)
     lines = [
-        f"grid {grid} (N = {grid.numel:,}), dim {dim}, {strategies[0].num_heads} heads, {len(strategies)} layers",
+        f"grid {grid} (N = {grid.numel:,}), dim {strategies[0].dim}, {strategies[0].num_heads} heads, "
+        f"{len(strategies)} layers",
         f"{'layer':>5}  {'strategy':<40} {'maps GFLOP':>12} {'x full':>8} {'total GFLOP':>12} {'x full':>8}",
     ]
-    costs = [layer_cost(s, grid) for s in strategies]
     for i, (s, c) in enumerate(zip(strategies, costs)):
         lines.append(
             f"{i:>5}  {describe(s):<40} {c.maps / 1e9:>12.1f} {full.maps / c.maps:>8.2f} "
             f"{c.total / 1e9:>12.1f} {full.total / c.total:>8.2f}"
         )
-    t = totals(strategies, grid, ffn_dim, text_len)
     lines.append(f"self-attention, attention maps only: {t['full_maps'] / t['maps']:.2f}x fewer FLOPs than full")
     lines.append(f"self-attention incl. projections/convs/LoRA: {t['full_self'] / t['self']:.2f}x")
     if "blocks" in t:
@@ -289,10 +294,11 @@ def main(argv: list[str]) -> str:
     config = read_config(parser, args)
     model, net = config.get("model") or {}, net_args(config)
     text_len = int(args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512)
-    out = report(build_strategies(net), args.grid, net.get("ffn_dim"), text_len)
+    strategies = build_strategies(net)
+    out = report(strategies, args.grid, net.get("ffn_dim"), text_len)
     if not args.vs:
         return out
-    rows = [(Path(args.config[-1]).stem, build_strategies(net))]
+    rows = [(Path(args.config[-1]).stem, strategies)]
     for path in args.vs:
         alternative = read_config(parser, argparse.Namespace(config=[*args.config[:-1], path], model=args.model))
         rows.append((Path(path).stem, build_strategies(net_args(alternative))))
