@@ -11,6 +11,7 @@ Prints, per strategy: measured time ratio vs full, the analytic FLOP ratio from 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 
@@ -26,19 +27,19 @@ from ultragen.models.blocks import SelfAttention
 
 
 def strategies(args: argparse.Namespace) -> dict:
-    """Name -> factory (dim, heads, layer) of every benchmarked strategy."""
+    """Name -> factory (dim, heads, layer[, freq_dim, backend]) of every benchmarked strategy."""
     pad = dict(pad=args.pad)
     return {
         "full": FullAttention,
-        "local": lambda d, h, i: LocalWindowAttention(d, h, i, windows=args.local_windows, **pad),
-        "swin": lambda d, h, i: SwinAttention(d, h, i, windows=args.local_windows[:1], shifts=[True], **pad),
-        "global": lambda d, h, i: GlobalCompressedAttention(d, h, i, factor=args.global_factor, **pad),
-        "hierarchical": lambda d, h, i: HierarchicalAttention(d, h, i, windows=args.hier_windows, **pad),
-        "ultragen": lambda d, h, i: UltraGenAttention(
-            d, h, i, local_windows=args.local_windows, hier_windows=args.hier_windows,
+        "local": partial(LocalWindowAttention, windows=args.local_windows, **pad),
+        "swin": partial(SwinAttention, windows=args.local_windows[:1], shifts=[True], **pad),
+        "global": partial(GlobalCompressedAttention, factor=args.global_factor, **pad),
+        "hierarchical": partial(HierarchicalAttention, windows=args.hier_windows, **pad),
+        "ultragen": partial(
+            UltraGenAttention, local_windows=args.local_windows, hier_windows=args.hier_windows,
             global_factor=args.global_factor, **pad,
         ),
-        "t3": lambda d, h, i: MultiScaleWindowAttention(d, h, i, windows=args.t3_windows),
+        "t3": partial(MultiScaleWindowAttention, windows=args.t3_windows),
     }
 
 

@@ -64,8 +64,8 @@ def wan21_key_shapes(in_dim, text_dim, dim, ffn_dim, num_layers, freq_dim, patch
 class GainedFull(FullAttention):
     """Full attention with a learned per-channel output gain: a strategy that owns one parameter."""
 
-    def __init__(self, dim, num_heads, layer_idx, backend="sdpa"):
-        super().__init__(dim, num_heads, layer_idx, backend)
+    def __init__(self, dim, num_heads, layer_idx, freq_dim=256, backend="sdpa"):
+        super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
         self.gain = nn.Parameter(torch.ones(dim))
 
     def forward(self, attn, x, ctx):

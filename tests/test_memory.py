@@ -165,8 +165,7 @@ def saved_bytes(net: WanDiT, layer: int, grid: VideoGrid, dtype: torch.dtype, te
     return sum(size for ptr, size in second.items() if ptr not in first and ptr not in params)
 
 
-UG = dict(local_windows=[[2, 2], [3, 3]], hier_windows=[[2, 2], [3, 3]], global_factor=4, hier_factor=2, lora_rank=64,
-          freq_dim=64)
+UG = dict(local_windows=[[2, 2], [3, 3]], hier_windows=[[2, 2], [3, 3]], global_factor=4, hier_factor=2, lora_rank=64)
 AWKWARD, EVEN = VideoGrid(2, 7, 10), VideoGrid(3, 6, 8)
 STRATEGIES = {
     "full": (FullAttention, EVEN),

@@ -4,6 +4,7 @@ import copy
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_ultragen_dit() -> WanDiT:
-    def attention(dim, heads, layer):
-        return UltraGenAttention(dim, heads, layer, local_windows=[[2, 2], [3, 3]], hier_windows=[[2, 2], [3, 3]],
-                                 global_factor=4, hier_factor=2, lora_rank=8, pad="replicate", freq_dim=64)
+    attention = partial(UltraGenAttention, local_windows=[[2, 2], [3, 3]], hier_windows=[[2, 2], [3, 3]],
+                        global_factor=4, hier_factor=2, lora_rank=8, pad="replicate")
 
     torch.manual_seed(0)
     net = WanDiT(8, 12, dim=32, ffn_dim=64, num_heads=2, num_layers=4, freq_dim=64, attention=attention,

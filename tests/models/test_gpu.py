@@ -1,5 +1,7 @@
 """GPU twins of the kernel and strategy tests (skipped without CUDA; run them when a GPU is lent)."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ def test_ultragen_dit_matches_cpu_on_cuda():
     def build():
         torch.manual_seed(0)
         net = WanDiT(16, 32, dim=128, ffn_dim=256, num_heads=2, num_layers=3, full_attention_layers=[0],
-                     attention=lambda d, h, i: UltraGenAttention(d, h, i, lora_rank=8, pad="replicate"))
+                     attention=partial(UltraGenAttention, lora_rank=8, pad="replicate"))
         torch.nn.init.normal_(net.head.head.weight, std=0.1)  # Wan zero-inits the head; make the output informative
         return net
 

@@ -48,12 +48,16 @@ def test_full_attention_layers_and_factory():
     calls = []
 
     class Recording(FullAttention):
-        def __init__(self, dim, num_heads, layer_idx):
+        def __init__(self, dim, num_heads, layer_idx, freq_dim, backend):
             calls.append(layer_idx)
-            super().__init__(dim, num_heads, layer_idx)
+            super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
 
-    net = tiny_dit(num_layers=4, attention=Recording, full_attention_layers=[0, 3])
+    net = tiny_dit(num_layers=4, attention=Recording, full_attention_layers=[0, 3], freq_dim=24, attention_backend="math")
     assert calls == [1, 2]
+    # the network supplies its freq_dim and one backend to every strategy and cross-attention
+    assert {b.self_attn.strategy.freq_dim for b in net.blocks} == {24}
+    backends = {id(m.backend) for b in net.blocks for m in (b.self_attn.strategy, b.cross_attn)}
+    assert backends == {id(net.attention_backend)} and net.attention_backend.name == "math"
     assert [type(b.self_attn.strategy) for b in net.blocks] == [FullAttention, Recording, Recording, FullAttention]
     assert all(isinstance(b.self_attn.strategy, AttentionStrategy) for b in net.blocks)
 
@@ -178,8 +182,8 @@ def test_ultragen_gates_read_the_clips_noise_level_under_per_token_timesteps():
     from ultragen.models.attention import UltraGenAttention
 
     strategy = partial(UltraGenAttention, local_windows=[[2, 2]], hier_windows=[[2, 2]], global_factor=2,
-                       hier_factor=2, lora_rank=4, pad="replicate", freq_dim=16)
-    net = tiny_dit(attention=lambda dim, heads, layer: strategy(dim, heads, layer))
+                       hier_factor=2, lora_rank=4, pad="replicate")
+    net = tiny_dit(attention=strategy)
     seen = []
     net.blocks[1].self_attn.strategy.register_forward_pre_hook(lambda m, args: seen.append(args[2].timestep_freq))
     x, c = torch.randn(1, 8, 2, 8, 8), torch.randn(1, 4, 12)

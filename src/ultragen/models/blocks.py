@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionContext, AttentionStrategy, attention, check_backend
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy, as_backend
 
 
 class Projections(nn.Module):
@@ -49,16 +49,16 @@ class SelfAttention(Projections):
 class CrossAttention(Projections):
     """Text cross-attention (Wan T2V): queries from video tokens, keys/values from text tokens."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6, backend: str = "sdpa"):
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6, backend: AttentionBackend | str = "sdpa"):
         super().__init__(dim, num_heads, eps)
-        self.backend = check_backend(backend)
+        self.backend = as_backend(backend)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x (B, N, C), context (B, L, C) -> (B, N, C)."""
         q = self.heads(self.norm_q(self.q(x)))
         k = self.heads(self.norm_k(self.k(context)))
         v = self.heads(self.v(context))
-        return self.o(attention(q, k, v, backend=self.backend))
+        return self.o(self.backend(q, k, v))
 
 
 class DiTBlock(nn.Module):
@@ -72,12 +72,13 @@ class DiTBlock(nn.Module):
         strategy: AttentionStrategy,
         eps: float = 1e-6,
         cross_attn_norm: bool = True,
+        backend: AttentionBackend | str = "sdpa",
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
         self.self_attn = SelfAttention(dim, num_heads, strategy, eps)
         self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
-        self.cross_attn = CrossAttention(dim, num_heads, eps)
+        self.cross_attn = CrossAttention(dim, num_heads, eps, backend)
         self.norm2 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)

@@ -14,12 +14,13 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ultragen.models.attention import AttentionContext, AttentionStrategy, FullAttention, VideoGrid
+from ultragen.models.attention import AttentionBackend, AttentionContext, AttentionStrategy, FullAttention, VideoGrid
 from ultragen.models.attention.base import resolve_layers
 from ultragen.models.blocks import DiTBlock
 from ultragen.models.rope import RotaryTables
 
-StrategyFactory = Callable[[int, int, int], AttentionStrategy]
+# (dim, num_heads, layer_idx, freq_dim, backend) -> strategy; YAML gives the rest of its arguments by keyword
+StrategyFactory = Callable[[int, int, int, int, AttentionBackend], AttentionStrategy]
 
 
 #################################################################################
@@ -100,6 +101,8 @@ class WanDiT(nn.Module):
     Wan), so the caption also reaches every block's AdaLN modulation, as the pooled text vector does in SD3 and
     Flux and the class embedding in DiT; cross-attention alone lets a small model trained for minutes pick up the
     caption's colour but not its direction.
+    `attention_backend` is the kernel of every self- and cross-attention (`BACKENDS`); the network hands it, with
+    its `dim`, `num_heads` and `freq_dim`, to each layer's strategy.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class WanDiT(nn.Module):
         timestep_dtype: Literal["float32", "bfloat16"] = "float32",
         absolute_position: bool = False,
         pooled_text: bool = False,
+        attention_backend: str = "sdpa",
     ):
         super().__init__()
         if dim % num_heads:
@@ -134,6 +138,7 @@ class WanDiT(nn.Module):
         self.full_attention_layers = full
         self.timestep_dtype = getattr(torch, timestep_dtype)
         self.absolute_position = absolute_position
+        self.attention_backend = backend = AttentionBackend(attention_backend)
 
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
@@ -147,9 +152,10 @@ class WanDiT(nn.Module):
                 dim,
                 ffn_dim,
                 num_heads,
-                (FullAttention if i in full else attention)(dim, num_heads, i),
+                (FullAttention if i in full else attention)(dim, num_heads, i, freq_dim, backend),
                 eps=eps,
                 cross_attn_norm=cross_attn_norm,
+                backend=backend,
             )
             for i in range(num_layers)
         )

@@ -2,6 +2,7 @@
 
 from ultragen.models.attention.base import (
     BACKENDS,
+    AttentionBackend,
     AttentionContext,
     AttentionStrategy,
     VideoGrid,
@@ -16,6 +17,7 @@ from ultragen.models.attention.window import LocalWindowAttention, SwinAttention
 
 __all__ = [
     "BACKENDS",
+    "AttentionBackend",
     "AttentionContext",
     "AttentionStrategy",
     "FullAttention",

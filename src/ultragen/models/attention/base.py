@@ -99,13 +99,44 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", scale: flo
     return out.transpose(1, 2).flatten(2)
 
 
+class AttentionBackend:
+    """The kernel every attention call of a network goes through: `attention` with one of `BACKENDS`.
+
+    `WanDiT(attention_backend=...)` builds one and hands it to every self-attention strategy and cross-attention;
+    code outside `models/` may replace it (sequence parallelism wraps it to attend over a subset of heads).
+    """
+
+    def __init__(self, name: str = "sdpa"):
+        self.name = check_backend(name)
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+        """q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H·D)."""
+        return attention(q, k, v, self.name, scale)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def as_backend(backend: "str | AttentionBackend") -> AttentionBackend:
+    """`backend` itself, or the `AttentionBackend` of that name (raises naming the valid names)."""
+    return backend if isinstance(backend, AttentionBackend) else AttentionBackend(backend)
+
+
 class AttentionStrategy(nn.Module):
     """How one self-attention layer mixes tokens; may own weights (kept under `self_attn.strategy.*`).
 
-    `dim`, `num_heads` and `layer_idx` are supplied by the network; every other init argument comes from YAML.
+    `dim`, `num_heads`, `layer_idx`, `freq_dim` (width of `AttentionContext.timestep_freq`) and `backend` are
+    supplied by the network, in that order; every other init argument comes from YAML, by keyword.
     """
 
-    def __init__(self, dim: int, num_heads: int, layer_idx: int, backend: str = "sdpa"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        layer_idx: int,
+        freq_dim: int = 256,
+        backend: "str | AttentionBackend" = "sdpa",
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
@@ -113,7 +144,8 @@ class AttentionStrategy(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.layer_idx = layer_idx
-        self.backend = check_backend(backend)
+        self.freq_dim = freq_dim
+        self.backend = as_backend(backend)
 
     def forward(self, attn: "SelfAttention", x: Tensor, ctx: AttentionContext) -> Tensor:
         """(B, N, C) -> (B, N, C), before attn.o. Uses attn's shared q/k/v/norms; may add its own deltas."""

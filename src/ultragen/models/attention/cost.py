@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from ultragen.models.attention.base import AttentionStrategy, VideoGrid, resolve_layers
+from ultragen.models.attention.base import AttentionBackend, AttentionStrategy, VideoGrid, resolve_layers
 from ultragen.models.attention.full import FullAttention
 from ultragen.models.attention.global_compressed import Compression, GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.multiscale import MultiScaleWindowAttention
 from ultragen.models.attention.window import LocalWindowAttention, window_shapes
+from ultragen.models.wan import WanDiT
 
 DEFAULT_MODEL = "configs/model/wan2.1_t2v_1.3b.yaml"
 
@@ -154,8 +157,14 @@ def build_strategies(net: Mapping[str, Any], device: torch.device | str = "meta"
         spec = {"class_path": spec}
     cls, init_args = import_class(spec["class_path"]), dict(spec.get("init_args") or {})
     full = set(resolve_layers("full_attention_layers", net.get("full_attention_layers") or [], layers))
+    defaults = inspect.signature(WanDiT).parameters  # what the network supplies when the YAML leaves it out
+    freq_dim = int(net.get("freq_dim", defaults["freq_dim"].default))
+    backend = AttentionBackend(net.get("attention_backend", defaults["attention_backend"].default))
     with torch.device(device):
-        return [(FullAttention(dim, heads, i) if i in full else cls(dim, heads, i, **init_args)) for i in range(layers)]
+        return [
+            (FullAttention if i in full else partial(cls, **init_args))(dim, heads, i, freq_dim, backend)
+            for i in range(layers)
+        ]
 
 
 def net_args(config: Mapping[str, Any]) -> dict:

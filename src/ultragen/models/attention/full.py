@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ultragen.models.attention.base import AttentionContext, AttentionStrategy, attention
+from ultragen.models.attention.base import AttentionContext, AttentionStrategy
 from ultragen.models.rope import apply_rope
 
 
@@ -14,4 +14,4 @@ class FullAttention(AttentionStrategy):
     def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
         q, k, v = attn.qkv(x)  # (B, N, H, D) each
         rope = ctx.grid_rope(x.device)
-        return attention(apply_rope(q, rope), apply_rope(k, rope), v, backend=self.backend)
+        return self.backend(apply_rope(q, rope), apply_rope(k, rope), v)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid, attention
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy, VideoGrid
 from ultragen.models.attention.window import PAD_POLICIES, PadPolicy, check_choice, plane_rotary, resize_plane
 from ultragen.models.lora import DomainLoRA, LoRAInit
 from ultragen.models.rope import apply_rope
@@ -203,6 +203,9 @@ class GlobalCompressedAttention(AttentionStrategy):
         dim: int,
         num_heads: int,
         layer_idx: int,
+        freq_dim: int = 256,
+        backend: AttentionBackend | str = "sdpa",
+        *,
         factor: int = 4,
         lora_rank: int = 64,
         lora_targets: Sequence[str] = ("q", "k", "v"),
@@ -213,9 +216,8 @@ class GlobalCompressedAttention(AttentionStrategy):
         rope: CompressedRope = "grid",
         pad: PadPolicy = "error",
         up_init: UpInit = "identity",
-        backend: str = "sdpa",
     ):
-        super().__init__(dim, num_heads, layer_idx, backend)
+        super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
         if factor < 1:
             raise ValueError(f"compression factor={factor} must be >= 1")
         self.factor = factor
@@ -255,7 +257,7 @@ class GlobalCompressedAttention(AttentionStrategy):
         q, k, v = self.project(attn, z.reshape(b, -1, c))
         scale, offset = self.rope_affine
         table = plane_rotary(self.head_dim, ctx.rope.theta, plan.compressed, scale, offset, str(x.device))
-        out = self.output_delta(attention(apply_rope(q, table), apply_rope(k, table), v, backend=self.backend))
+        out = self.output_delta(self.backend(apply_rope(q, table), apply_rope(k, table), v))
         return out.reshape(z.shape), plan
 
     def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:

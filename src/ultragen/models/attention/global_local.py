@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionContext, AttentionStrategy
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy
 from ultragen.models.attention.global_compressed import (
     CompressedRope,
     GlobalCompressedAttention,
@@ -48,7 +48,7 @@ class TimeGate(nn.Module):
         if timestep_freq.shape[-1] != self.freq_dim:
             raise ValueError(
                 f"timestep features have {timestep_freq.shape[-1]} dims but the gate expects freq_dim={self.freq_dim}; "
-                "set the strategy's freq_dim to the network's freq_dim"
+                "the network supplies its freq_dim to the strategies; build the strategy with the network's freq_dim"
             )
         weight = self.embedding[0].weight
         return self.projection(self.embedding(timestep_freq.to(weight.dtype))).unsqueeze(1)
@@ -70,6 +70,9 @@ class UltraGenAttention(AttentionStrategy):
         dim: int,
         num_heads: int,
         layer_idx: int,
+        freq_dim: int = 256,
+        backend: AttentionBackend | str = "sdpa",
+        *,
         local_windows: Sequence[Sequence[int]] = ((4, 4), (5, 5)),
         local: LocalKind = "window",
         swin_shifts: Sequence[bool] = (False, True),
@@ -92,16 +95,14 @@ class UltraGenAttention(AttentionStrategy):
         antialias: bool = False,
         up_init: UpInit = "identity",
         gate_weights: GateWeights = "global",
-        freq_dim: int = 256,
-        backend: str = "sdpa",
     ):
-        super().__init__(dim, num_heads, layer_idx, backend)
+        super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
         if not (use_local or use_global or use_hierarchical):
             raise ValueError("use_local, use_global and use_hierarchical are all false; keep at least one branch")
         self.local = check_choice("local", local, ("window", "swin"))
         self.gate_weights = check_choice("gate_weights", gate_weights, ("global", "local"))
         self.use_lora = use_lora
-        common = dict(dim=dim, num_heads=num_heads, layer_idx=layer_idx, backend=backend)
+        common = dict(dim=dim, num_heads=num_heads, layer_idx=layer_idx, freq_dim=freq_dim, backend=self.backend)
         windows = dict(windows=local_windows, rope=window_rope, pad=pad, antialias=antialias, **common)
         local_cls = SwinAttention if local == "swin" else LocalWindowAttention
         extra = {"shifts": swin_shifts} if local == "swin" else {}

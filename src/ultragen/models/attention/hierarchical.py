@@ -7,7 +7,7 @@ from functools import partial
 
 from torch import Tensor
 
-from ultragen.models.attention.base import AttentionContext, VideoGrid
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, VideoGrid
 from ultragen.models.attention.global_compressed import (
     CompressedRope,
     Compression,
@@ -41,6 +41,9 @@ class HierarchicalAttention(GlobalCompressedAttention):
         dim: int,
         num_heads: int,
         layer_idx: int,
+        freq_dim: int = 256,
+        backend: AttentionBackend | str = "sdpa",
+        *,
         factor: int = 2,
         windows: Sequence[Sequence[int]] = ((2, 2), (3, 3)),
         window_rope: WindowRope = "global",
@@ -54,11 +57,11 @@ class HierarchicalAttention(GlobalCompressedAttention):
         pad: PadPolicy = "error",
         antialias: bool = False,
         up_init: UpInit = "identity",
-        backend: str = "sdpa",
     ):
         super().__init__(
-            dim, num_heads, layer_idx, factor, lora_rank, lora_targets, lora_alpha, lora_bias, lora_init_b,
-            key_proj, rope, pad, up_init, backend,
+            dim, num_heads, layer_idx, freq_dim, backend, factor=factor, lora_rank=lora_rank,
+            lora_targets=lora_targets, lora_alpha=lora_alpha, lora_bias=lora_bias, lora_init_b=lora_init_b,
+            key_proj=key_proj, rope=rope, pad=pad, up_init=up_init,
         )
         self.windows = window_schedule("windows", windows, 2)
         self.window_rope = check_choice("window_rope", window_rope, WINDOW_ROPES)

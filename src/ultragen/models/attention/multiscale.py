@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy, VideoGrid
 from ultragen.models.attention.window import PlaneFit, grouped_attention, window_layout, window_schedule
 from ultragen.models.rope import apply_rope
 
@@ -20,9 +20,16 @@ class MultiScaleWindowAttention(AttentionStrategy):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, layer_idx: int, windows: Sequence[Sequence[int]], backend: str = "sdpa"
+        self,
+        dim: int,
+        num_heads: int,
+        layer_idx: int,
+        freq_dim: int = 256,
+        backend: AttentionBackend | str = "sdpa",
+        *,
+        windows: Sequence[Sequence[int]],
     ):
-        super().__init__(dim, num_heads, layer_idx, backend)
+        super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
         self.windows = window_schedule("windows", windows, 3)
 
     @property

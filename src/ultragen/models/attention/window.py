@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid, attention
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy, VideoGrid
 from ultragen.models.rope import Rotary, RotaryTables, apply_rope
 
 PadPolicy = Literal["error", "replicate", "interpolate"]
@@ -244,13 +244,15 @@ def plane_rotary(
 #################################################################################
 
 
-def grouped_attention(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[tuple[int, int]], backend: str) -> Tensor:
+def grouped_attention(
+    q: Tensor, k: Tensor, v: Tensor, groups: Sequence[tuple[int, int]], backend: AttentionBackend
+) -> Tensor:
     """q, k, v (B, N, H, D) in window order, one attention call per group of equal windows -> (B, N, H·D)."""
     b, outs, start = q.shape[0], [], 0
     for num, length in groups:
         end = start + num * length
         qs, ks, vs = (x[:, start:end].reshape(b * num, length, *x.shape[2:]) for x in (q, k, v))
-        outs.append(attention(qs, ks, vs, backend=backend).reshape(b, num * length, -1))
+        outs.append(backend(qs, ks, vs).reshape(b, num * length, -1))
         start = end
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
@@ -262,7 +264,7 @@ def attend_windows(
     counts: Sequence[int],
     tables: RotaryTables,
     rope: WindowRope,
-    backend: str,
+    backend: AttentionBackend,
     shifted: bool = False,
     rope_scale: float = 1.0,
     rope_offset: float = 0.0,
@@ -301,13 +303,15 @@ class LocalWindowAttention(AttentionStrategy):
         dim: int,
         num_heads: int,
         layer_idx: int,
+        freq_dim: int = 256,
+        backend: AttentionBackend | str = "sdpa",
+        *,
         windows: Sequence[Sequence[int]] = ((4, 4), (5, 5)),
         rope: WindowRope = "global",
         pad: PadPolicy = "error",
         antialias: bool = False,
-        backend: str = "sdpa",
     ):
-        super().__init__(dim, num_heads, layer_idx, backend)
+        super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
         self.windows = window_schedule("windows", windows, 2)
         self.rope = check_choice("rope", rope, WINDOW_ROPES)
         self.pad = check_choice("pad", pad, PAD_POLICIES)
@@ -359,14 +363,18 @@ class SwinAttention(LocalWindowAttention):
         dim: int,
         num_heads: int,
         layer_idx: int,
+        freq_dim: int = 256,
+        backend: AttentionBackend | str = "sdpa",
+        *,
         windows: Sequence[Sequence[int]] = ((4, 4),),
         shifts: Sequence[bool] = (False, True),
         rope: WindowRope = "global",
         pad: PadPolicy = "error",
         antialias: bool = False,
-        backend: str = "sdpa",
     ):
-        super().__init__(dim, num_heads, layer_idx, windows, rope, pad, antialias, backend)
+        super().__init__(
+            dim, num_heads, layer_idx, freq_dim, backend, windows=windows, rope=rope, pad=pad, antialias=antialias
+        )
         if not shifts:
             raise ValueError("shifts is empty; give a per-layer list such as [false, true]")
         self.shifts = tuple(bool(s) for s in shifts)
