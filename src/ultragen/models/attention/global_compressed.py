@@ -8,7 +8,7 @@ depthwise Conv3d 3×3×3 (init `identity` or the release's 1/27 `box`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,8 +74,8 @@ class Compression:
         p = self.padded
         return VideoGrid(p.t, p.h // self.factor, p.w // self.factor)
 
-    def compress(self, x: Tensor, conv: nn.Conv2d) -> Tensor:
-        """x (B, T, H, W, C) -> (B, T, H/k, W/k, C) through the depthwise strided conv."""
+    def compress(self, x: Tensor, conv: Callable[[Tensor], Tensor]) -> Tensor:
+        """x (B, T, H, W, C) -> (B, T, H/k, W/k, C) through the depthwise strided conv (B·T, C, H, W) -> (B·T, C, h', w')."""
         b, t, h, w, c = x.shape
         p = self.padded
         if p.h > h:
@@ -85,11 +85,14 @@ class Compression:
         z = conv(x.reshape(b * t, *x.shape[2:]).permute(0, 3, 1, 2))  # (B·T, C, h', w'), channels-last memory
         return z.permute(0, 2, 3, 1).reshape(b, t, *z.shape[2:], c)
 
-    def decompress(self, z: Tensor, conv: DepthwiseConv3d, scale: Tensor | None = None) -> Tensor:
+    def decompress(
+        self, z: Tensor, conv: DepthwiseConv3d, scale: Tensor | None = None, channels: slice = slice(None)
+    ) -> Tensor:
         """z (B, T, h', w', C) -> bilinear upsampling to (H, W), depthwise Conv3d -> (B, N, C).
 
         `scale` (B, C) multiplies the result; it is applied to the small plane (upsampling and the depthwise
-        conv are linear per channel) and to the conv bias, never to the full-size output.
+        conv are linear per channel) and to the conv bias, never to the full-size output. z may hold only the
+        conv's `channels` (`DepthwiseConv3d.forward`).
         """
         b, c, g = z.shape[0], z.shape[-1], self.grid
         if scale is not None:
@@ -98,7 +101,7 @@ class Compression:
             up = resize_plane(z, (z.shape[2] * self.factor, z.shape[3] * self.factor))[:, :, : g.h, : g.w]
         else:
             up = resize_plane(z, (g.h, g.w))
-        y = conv(up.permute(0, 4, 1, 2, 3), scale)
+        y = conv(up.permute(0, 4, 1, 2, 3), scale, channels)
         return y.permute(0, 2, 3, 4, 1).reshape(b, g.numel, c)  # from (B, C, T, H, W), channels-last memory
 
 
@@ -155,10 +158,14 @@ class DepthwiseConv3d(nn.Conv3d):
             nn.init.dirac_(self.weight, groups=dim)
         nn.init.zeros_(self.bias)
 
-    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
-        """x (B, C, T, H, W) -> (B, C, T, H, W); `scale` (B, C) multiplies the bias (x arrives pre-scaled)."""
-        bias = self.bias.expand(x.shape[0], -1) if scale is None else scale * self.bias
-        return DepthwiseConv3dFunction.apply(x, self.weight, bias)
+    def forward(self, x: Tensor, scale: Tensor | None = None, channels: slice = slice(None)) -> Tensor:
+        """x (B, C', T, H, W) -> (B, C', T, H, W); `scale` (B, C') multiplies the bias (x arrives pre-scaled).
+
+        x holds the conv's `channels` (C' of C; all by default): the conv is depthwise, so a share of the
+        channels convolves on its own (sequence parallelism gives each rank a share)."""
+        weight, bias = self.weight[channels], self.bias[channels]
+        bias = bias.expand(x.shape[0], -1) if scale is None else scale * bias
+        return DepthwiseConv3dFunction.apply(x, weight, bias)
 
 
 def down_conv(dim: int, factor: int) -> nn.Conv2d:
