@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -33,6 +34,7 @@ from ultragen.lit.recipe import (
 from ultragen.lit.resume import batch_generator, rng_states, set_rng_states
 from ultragen.models.attention import VideoGrid
 from ultragen.models.wan import WanDiT
+from ultragen.parallel.sequence import check_sequence_parallel, sequence_parallel
 from ultragen.text.base import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class VideoDiffusionModule(L.LightningModule):
 
     `net_weights` initialises the DiT from a Wan2.1 / diffusers / UltraGen-release / Lightning file before training
     (`net_weights_strict: false` accepts a partial load, reported in the log).
+    `sp_degree` > 1 splits each clip's tokens over that many consecutive ranks (`ultragen.parallel.sequence`): the
+    ranks of a group train on their first rank's clip and noise, so the data-parallel batch is per group.
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class VideoDiffusionModule(L.LightningModule):
         lora_targets: list[str] | None = None,
         activation_checkpointing: Literal["none", "blocks"] | int = "none",
         exclude_frozen_parameters: bool = False,
+        sp_degree: int = 1,
         sampling: SamplingConfig | None = None,
     ):
         super().__init__()
@@ -135,6 +140,8 @@ class VideoDiffusionModule(L.LightningModule):
         self._select_trainable(trainable, lora_rank, lora_alpha, lora_targets or list(DEFAULT_LORA_TARGETS))
         self.checkpoint_every = checkpoint_interval(activation_checkpointing)
         self.exclude_frozen_parameters, self.initialised_from = exclude_frozen_parameters, net_weights
+        check_sequence_parallel(self.net, sp_degree)
+        self.sp_degree, self.sequence = sp_degree, None
         self._batch_start = 0.0
 
     # ------------------------------------------------------------------ setup
@@ -166,8 +173,10 @@ class VideoDiffusionModule(L.LightningModule):
             )
 
     def configure_model(self) -> None:
-        """Activation checkpointing of DiT blocks, then FSDP2 sharding under Lightning's `ModelParallelStrategy`
-        (both kept out of the model code)."""
+        """Sequence parallelism and activation checkpointing of DiT blocks, then FSDP2 sharding under Lightning's
+        `ModelParallelStrategy` (all kept out of the model code)."""
+        if self.sp_degree > 1 and self.sequence is None:
+            self.sequence = sequence_parallel(self.net, self.sp_degree)
         if self.checkpoint_every and not getattr(self, "_checkpointed", False):
             checkpoint_blocks(self.net, self.checkpoint_every)
             self._checkpointed = True
@@ -249,29 +258,43 @@ class VideoDiffusionModule(L.LightningModule):
         pred = self.flow.velocity(self.net(x_t, net_t, text), x_t, t)
         return self.flow.loss(pred, self.flow.target(latents, noise), weight.to(latents.device), mask)
 
+    def shared_batch(self, latents: Tensor, text: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Under sequence parallelism, the group's first rank's latents, text and generator state on every rank of
+        the group (they split one clip); otherwise the arguments unchanged."""
+        if self.sequence is None:
+            return latents, text
+        latents, text, state = self.sequence.share(latents, text, generator.get_state())
+        generator.set_state(state)
+        return latents, text
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """Caption dropout, timesteps and noise come from `batch_generator(noise_seed, batch index, rank)`, not from
-        the global RNG: the same for a batch in every run, so a resumed run's losses equal the uninterrupted one's."""
+        the global RNG: the same for a batch in every run, so a resumed run's losses equal the uninterrupted one's.
+
+        Under sequence parallelism each rank's gradients hold its share of the clip's, and the data-parallel
+        average runs over every rank, so the loss is scaled by `sp_degree` for the backward pass (logged unscaled).
+        """
         index = self.trainer.fit_loop.epoch_loop.total_batch_idx
-        generator = batch_generator(self.noise_seed, index, self.global_rank)
-        latents, text = self.encode_batch(batch, dropout=True, generator=generator)
+        generator = batch_generator(self.noise_seed, index, self.global_rank // self.sp_degree)
+        latents, text = self.shared_batch(*self.encode_batch(batch, dropout=True, generator=generator), generator)
         loss = self.diffusion_loss(latents, text, generator)
         self._tokens = latents.shape[0] * self.net.token_grid(*latents.shape[2:]).numel
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
         if "skipped" in batch:
             self.log("data/skipped", batch["skipped"].float().sum(), reduce_fx="sum", batch_size=latents.shape[0])
-        return loss
+        return loss * self.sp_degree
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        latents, text = self.encode_batch(batch, dropout=False)
         generator = torch.Generator().manual_seed(batch_idx)  # same noise levels every validation
+        latents, text = self.shared_batch(*self.encode_batch(batch, dropout=False), generator)
         loss = self.diffusion_loss(latents, text, generator)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=latents.shape[0])
         return loss
 
     def test_step(self, batch: dict, batch_idx: int) -> Tensor:
-        latents, text = self.encode_batch(batch, dropout=False)
-        loss = self.diffusion_loss(latents, text, torch.Generator().manual_seed(batch_idx))
+        generator = torch.Generator().manual_seed(batch_idx)
+        latents, text = self.shared_batch(*self.encode_batch(batch, dropout=False), generator)
+        loss = self.diffusion_loss(latents, text, generator)
         self.log("test/loss", loss, sync_dist=True, batch_size=latents.shape[0])
         return loss
 
@@ -300,6 +323,7 @@ class VideoDiffusionModule(L.LightningModule):
 
         `first_frames` (B, 3, H, W) in [-1, 1] at the sampling size makes it image-to-video (Wan2.2 TI2V): the
         image's latent is the first latent frame at every step, its tokens at t = 0, and only the rest is denoised.
+        Under sequence parallelism each rank samples its prompts alone, with the whole token sequence.
         """
         s = self.sampling
         c, t, h, w = self.codec.latent_shape(s.frames, s.height, s.width)
@@ -321,7 +345,9 @@ class VideoDiffusionModule(L.LightningModule):
             velocity = partial(self.conditioned_velocity, first, token_scale)
             noise[:, :, :1] = first.cpu().to(noise.dtype)
         sampler = EulerSampler(steps=s.steps, shift=s.shift, guidance_scale=s.guidance_scale)
-        latents = sampler.sample(velocity, noise.to(self.device, dtype), context, negative, progress=progress)
+        # each rank samples its own prompts with the whole network (sampling callbacks run on rank 0 alone)
+        with self.sequence.whole_sequence() if self.sequence is not None else contextlib.nullcontext():
+            latents = sampler.sample(velocity, noise.to(self.device, dtype), context, negative, progress=progress)
         video = self.codec.decode(latents.float())
         return to_uint8(video).cpu()
 

@@ -24,7 +24,8 @@ Wan preset's head count (12, 24, 40) does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -49,6 +50,7 @@ from ultragen.models.wan import WanDiT
 log = logging.getLogger(__name__)
 
 SUPPORTED = (FullAttention, LocalWindowAttention, GlobalCompressedAttention, UltraGenAttention)
+MAX_DIMS = 8  # of a tensor `SequenceShards.share` sends
 
 
 #################################################################################
@@ -131,6 +133,7 @@ class SequenceShards:
 
     group: dist.ProcessGroup
     tokens: int = 0  # N of the clip in flight, set when the first block runs
+    active: bool = True  # False: the network runs whole on each rank (`whole_sequence`)
 
     @property
     def size(self) -> int:
@@ -164,6 +167,28 @@ class SequenceShards:
         if pad:
             x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1)
         return AllToAll.apply(x, self.group, 1, dim)
+
+    @contextmanager
+    def whole_sequence(self) -> Iterator[None]:
+        """Run the network unsplit on this rank alone (sampling on rank 0, one prompt per rank in `predict`)."""
+        active, self.active = self.active, False
+        try:
+            yield
+        finally:
+            self.active = active
+
+    def share(self, *tensors: Tensor) -> list[Tensor]:
+        """The group's first rank's `tensors` on every rank of the group (shapes may differ between ranks)."""
+        src = dist.get_global_rank(self.group, 0)
+        shared = []
+        for t in tensors:
+            shape = torch.zeros(MAX_DIMS + 1, dtype=torch.int64)
+            shape[0], shape[1 : t.ndim + 1] = t.ndim, torch.tensor(t.shape)
+            dist.broadcast(shape, src, group=self.group)
+            out = t.contiguous() if self.rank == 0 else t.new_empty(shape[1 : int(shape[0]) + 1].tolist())
+            dist.broadcast(out, src, group=self.group)
+            shared.append(out)
+        return shared
 
     def heads(self, num_heads: int) -> slice:
         """The heads this rank attends with."""
@@ -309,30 +334,60 @@ def check_sequence_parallel(net: WanDiT, sp_degree: int) -> None:
         split_forward(block.self_attn.strategy, None)  # raises for strategies without a split forward
 
 
+def sequence_parallel(net: WanDiT, sp_degree: int) -> SequenceShards:
+    """Split `net` over groups of `sp_degree` consecutive ranks of the initialised default process group (every
+    rank calls this); the world is sp_degree × data-parallel ranks."""
+    if not dist.is_initialized():
+        raise ValueError(f"sp_degree={sp_degree} needs a distributed run; launch with trainer.devices >= {sp_degree}")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % sp_degree:
+        raise ValueError(
+            f"sp_degree={sp_degree} does not divide the world size {world}; use devices × num_nodes that is a "
+            f"multiple of {sp_degree}"
+        )
+    check_sequence_parallel(net, sp_degree)
+    groups = [dist.new_group(list(range(s, s + sp_degree))) for s in range(0, world, sp_degree)]  # all ranks make all
+    return apply_sequence_parallel(net, groups[rank // sp_degree])
+
+
 def apply_sequence_parallel(net: WanDiT, group: dist.ProcessGroup) -> SequenceShards:
     """Split `net`'s token sequence over `group` (every rank of it must call this, and run the same clips)."""
     shards = SequenceShards(group)
     check_sequence_parallel(net, shards.size)
 
     def split_tokens(module, args):  # the first block: the tokens enter split
-        x, t_mod, context, ctx = args
-        shards.tokens = x.shape[1]
-        return shards.split(x), t_mod, context, ctx
+        if shards.active:
+            x, t_mod, context, ctx = args
+            shards.tokens = x.shape[1]
+            return shards.split(x), t_mod, context, ctx
 
     def split_modulation(module, args):  # every block: per-token modulation (B, N, 6, C) split like the tokens
         x, t_mod, context, ctx = args
-        return x, t_mod if t_mod.shape[1] == 1 else shards.split(t_mod), context, ctx
+        if shards.active and t_mod.shape[1] > 1:
+            return x, shards.split(t_mod), context, ctx
 
     def split_head_input(module, args):
         x, t_emb = args
-        return x, t_emb if t_emb.shape[1] == 1 else shards.split(t_emb)
+        if shards.active and t_emb.shape[1] > 1:
+            return x, shards.split(t_emb)
+
+    def gather_output(module, args, out):
+        if shards.active:
+            return shards.gather(out)
 
     net.blocks[0].register_forward_pre_hook(split_tokens)
     for block in net.blocks:
         block.register_forward_pre_hook(split_modulation)
     net.head.register_forward_pre_hook(split_head_input)
-    net.head.register_forward_hook(lambda module, args, out: shards.gather(out))
+    net.head.register_forward_hook(gather_output)
+    def dispatch(split: Callable[..., Tensor], whole: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def forward(attn, x: Tensor, ctx: AttentionContext) -> Tensor:
+            return (split if shards.active else whole)(attn, x, ctx)
+
+        return forward
+
     for block in net.blocks:
-        block.self_attn.strategy.forward = split_forward(block.self_attn.strategy, shards)
+        strategy = block.self_attn.strategy
+        strategy.forward = dispatch(split_forward(strategy, shards), strategy.forward)
     log.info("sequence parallel: %d ranks per clip, %d heads each", shards.size, net.num_heads // shards.size)
     return shards
