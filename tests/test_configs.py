@@ -1,10 +1,12 @@
 """Every YAML under configs/ parses through the real CLI (stacked as a user would) and builds its network."""
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from jsonargparse import ArgumentParser
 
 from ultragen.lit.cli import UltraGenCLI
@@ -56,6 +58,66 @@ def test_config_parses_through_cli_and_builds_net(path, monkeypatch):
     assert cli.config.data.class_path
     if WAN22_5B in stack(path):
         assert (net.dim, len(net.blocks), net.num_heads) == (3072, 30, 24)
+
+
+EXPERIMENTS = sorted((CONFIGS / "experiments").glob("*.yaml"))
+DIT_PRESETS = [p for p in sorted((CONFIGS / "model").glob("*.yaml")) if "net" in yaml.safe_load(p.read_text())["model"]]
+CPU_PRESET = CONFIGS / "model" / "tiny.yaml"
+# UltraGen experiments with a gate, whose TimeGate defaults to freq_dim 256 while the tiny preset's network makes
+# 64-dim timestep features: the forward raises in the gate until the network supplies freq_dim to the strategies
+# (then these XPASS, strictly: delete the set and its mark).
+GATE_FREQ_DIM_UNSUPPLIED = {
+    "ablation_no_cross_window", "ablation_no_global", "ablation_no_hierarchical", "ablation_no_lora",
+    "ablation_swin_local", "ultragen_1080p", "ultragen_4k", "ultragen_4k_wan22", "ultragen_release",
+}
+# T3-Video's window counts are those of its released 4K grids, which no small latent divides.
+FIXED_GRID = {"t3_4k_wan22", "t3_multiscale"}
+
+
+def stacked_net(preset: Path, experiment: Path, monkeypatch):
+    """`model.net` of the tiny debug run, `preset` and `experiment` stacked through the real CLI."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["ultragen"])
+    return ParseOnlyCLI(args=["-c", str(TINY), "-c", str(preset), "-c", str(experiment)], run=False).config.model.net
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("preset", DIT_PRESETS, ids=lambda p: p.stem)
+def test_every_experiment_stacks_on_every_dit_preset(preset, experiment, monkeypatch):
+    """The network builds with the experiment's strategy in at least one block: its layer indices fit the preset
+    and leave the strategy some blocks."""
+    net_config = stacked_net(preset, experiment, monkeypatch)
+    net = build_net(net_config)
+    assert len(net.blocks) == net_config.init_args.num_layers
+    module, _, name = net_config.init_args.attention.class_path.rpartition(".")
+    strategy = getattr(importlib.import_module(module), name)
+    assert any(type(b.self_attn.strategy) is strategy for b in net.blocks), (
+        f"{experiment.name} on {preset.name}: every block keeps full attention"
+    )
+
+
+def cpu_preset_cases():
+    for experiment in EXPERIMENTS:
+        marks = []
+        if experiment.stem in GATE_FREQ_DIM_UNSUPPLIED:
+            marks = pytest.mark.xfail(
+                strict=True, raises=ValueError, reason="gate freq_dim not supplied by the network yet"
+            )
+        elif experiment.stem in FIXED_GRID:
+            marks = pytest.mark.skip(reason="window counts fixed to the released 4K grids")
+        yield pytest.param(experiment, marks=marks, id=experiment.stem)
+
+
+@pytest.mark.parametrize("experiment", cpu_preset_cases())
+def test_every_experiment_runs_on_the_cpu_preset(experiment, monkeypatch):
+    """One forward of the tiny preset with the experiment stacked, on a small latent (a 2x8x8 token grid)."""
+    parser = ArgumentParser()
+    parser.add_argument("--net", type=Callable[[int, int], WanDiT])
+    net_config = stacked_net(CPU_PRESET, experiment, monkeypatch)
+    net = parser.instantiate(parser.parse_object({"net": net_config.as_dict()})).net(16, 64)
+    x = torch.randn(1, 16, 2, 16, 16)
+    out = net(x, torch.tensor([500.0]), torch.randn(1, 4, 64))
+    assert out.shape == x.shape and torch.isfinite(out).all()
 
 
 def test_unknown_option_is_rejected(monkeypatch):

@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from ultragen.cli import main
 from ultragen.codecs.wan_vae import DEBUG_CONFIG
 from ultragen.models.wan import WanDiT
-from ultragen.text.umt5 import save_random_umt5
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +26,7 @@ def _repo_root(monkeypatch):
     monkeypatch.setattr("sys.argv", ["ultragen"])
 
 
-def test_predict_writes_mp4_per_prompt_with_configured_size(tmp_path, caplog):
+def test_predict_writes_mp4_per_prompt_with_configured_size(tmp_path, caplog, save_random_umt5):
     torch.manual_seed(0)
     umt5 = save_random_umt5(tmp_path / "umt5", ["a red fox runs through snow", "waves at sunset", "a city at night"])
     dit = WanDiT(in_dim=4, text_dim=32, dim=64, ffn_dim=128, num_heads=4, num_layers=2, freq_dim=64)  # tiny.yaml net

@@ -1,5 +1,7 @@
 """WanVAE on a tiny random-weight diffusers AutoencoderKLWan: layout, normalisation, tiling, loading."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -89,6 +91,22 @@ def test_loads_local_dir_repo_layout_and_single_file(codec, tmp_path):
         WanVAE(path=str(tmp_path / "vae.safetensors"), config={**DEBUG_CONFIG, "base_dim": 16})
     with pytest.raises(ValueError, match="needs `path`"):
         WanVAE()
+
+
+def test_compression_factors_come_from_the_config_and_a_null_one_raises(codec, tmp_path):
+    """Keys absent from config.json take diffusers' defaults (4, 8); a null is named, never replaced by a guess."""
+    codec.vae.save_pretrained(tmp_path / "vae")
+    config_file = tmp_path / "vae" / "config.json"
+    stored = json.loads(config_file.read_text())
+    absent = {k: v for k, v in stored.items() if k not in ("scale_factor_temporal", "scale_factor_spatial")}
+    config_file.write_text(json.dumps(absent))
+    loaded = WanVAE(path=str(tmp_path / "vae"), tiling=False)
+    assert (loaded.temporal_factor, loaded.spatial_factor) == (4, 8)
+    config_file.write_text(json.dumps(stored | {"scale_factor_spatial": None}))
+    with pytest.raises(ValueError, match=r"config.json under .*vae sets scale_factor_spatial=None; set it to"):
+        WanVAE(path=str(tmp_path / "vae"), tiling=False)
+    with pytest.raises(ValueError, match=r"WanVAE `config` sets scale_factor_temporal=None; set it to"):
+        WanVAE(config=DEBUG_CONFIG | {"scale_factor_temporal": None}, tiling=False)
 
 
 def test_bfloat16_option(codec):

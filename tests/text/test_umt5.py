@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from ultragen.text.umt5 import UMT5Encoder, clean_prompt, save_random_umt5
+from ultragen.text.umt5 import UMT5Encoder, clean_prompt
 
 CORPUS = [
     "a red fox jumps over the lazy dog",
@@ -17,7 +17,7 @@ CORPUS = [
 
 
 @pytest.fixture(scope="module")
-def umt5_dir(tmp_path_factory):
+def umt5_dir(tmp_path_factory, save_random_umt5):
     torch.manual_seed(0)
     return save_random_umt5(tmp_path_factory.mktemp("umt5"), CORPUS)
 

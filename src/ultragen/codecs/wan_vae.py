@@ -70,6 +70,22 @@ def load_single_file(path: Path, config: dict | None):
     return vae
 
 
+def compression_factors(config, source: str) -> tuple[int, int]:
+    """(temporal, spatial) compression stated by an `AutoencoderKLWan` config, as diffusers' own tiling reads them.
+
+    diffusers fills keys absent from a config.json with its defaults 4 and 8 (Wan2.1's layout), so only an
+    explicit null or a non-positive value is left to reject; it raises naming `source`.
+    """
+    factors = {name: getattr(config, name) for name in ("scale_factor_temporal", "scale_factor_spatial")}
+    for name, value in factors.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"{source} sets {name}={value!r}; set it to the VAE's compression factor (scale_factor_temporal: 4; "
+                "scale_factor_spatial: 8 for Wan2.1, 16 for Wan2.2)"
+            )
+    return factors["scale_factor_temporal"], factors["scale_factor_spatial"]
+
+
 class WanVAE(VideoCodec):
     """Frozen Wan-VAE: F = 4k+1 frames -> k+1 latent frames, 8× (Wan2.1) or 16× (Wan2.2) spatial as the diffusers
     config says, latents normalised per channel.
@@ -98,8 +114,8 @@ class WanVAE(VideoCodec):
             self.vae.to(DTYPES[dtype])
         cfg = self.vae.config
         self.latent_channels = cfg.z_dim
-        self.temporal_factor = cfg.scale_factor_temporal or 4
-        self.spatial_factor = cfg.scale_factor_spatial or 8
+        source = f"the VAE config.json under {path}" if path and Path(path).expanduser().is_dir() else "WanVAE `config`"
+        self.temporal_factor, self.spatial_factor = compression_factors(cfg, source)
         if len(cfg.latents_mean) != cfg.z_dim or len(cfg.latents_std) != cfg.z_dim:
             raise ValueError(f"latents_mean/latents_std need z_dim={cfg.z_dim} entries each")
         stats = torch.tensor([cfg.latents_mean, cfg.latents_std], dtype=torch.float32).view(2, 1, -1, 1, 1, 1)

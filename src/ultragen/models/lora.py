@@ -75,7 +75,3 @@ class DomainLoRA(nn.ModuleDict):
         if bad or len(set(targets)) != len(targets):
             raise ValueError(f"lora_targets={list(targets)}; choose distinct names from {list(LORA_TARGETS)}")
         super().__init__({t: LoRA(dim, dim, rank, alpha, bias, init_b) for t in targets})
-
-    def delta(self, target: str, x: Tensor) -> Tensor | float:
-        """LoRA delta of `target` applied to x, or 0.0 if that projection has no LoRA."""
-        return self[target](x) if target in self else 0.0

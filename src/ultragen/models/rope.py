@@ -14,10 +14,6 @@ class Rotary(NamedTuple):
     cos: Tensor
     sin: Tensor
 
-    def index(self, idx: Tensor) -> "Rotary":
-        """Rows `idx` (any shape) of both tables."""
-        return Rotary(self.cos[idx], self.sin[idx])
-
 
 class RotaryTables:
     """Per-axis rotary frequencies; angles for any (possibly fractional) t/h/w coordinates.
