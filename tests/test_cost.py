@@ -10,7 +10,6 @@ from ultragen.cli import main as cli
 from ultragen.models.attention import FullAttention, VideoGrid
 from ultragen.models.attention.cost import (
     block_rest_flops,
-    branch_cost,
     build_strategies,
     layer_cost,
     load_configs,
@@ -55,7 +54,7 @@ def test_equation_13(k):
 def test_method_7_2_per_block_table(grid, layer, branches, speedup):
     s = build_strategies(release_net())[layer]
     full = 4.0 * grid.numel**2 * s.dim
-    parts = [branch_cost(b, grid).maps / full for b in (s.local_branch, s.global_branch, s.hier_branch)]
+    parts = [b.cost(grid).maps / full for b in (s.local_branch, s.global_branch, s.hier_branch)]
     assert [round(p, 4) for p in parts] == list(branches)
     assert round(map_speedup(s, grid), 2) == speedup
 

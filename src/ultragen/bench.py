@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid
-from ultragen.models.attention.cost import AttentionCost, config_strategies, layer_cost
+from ultragen.models.attention.base import AttentionCost
+from ultragen.models.attention.cost import config_strategies, layer_cost
 from ultragen.models.blocks import SelfAttention
 from ultragen.models.rope import RotaryTables
 from ultragen.models.wan import sinusoidal_embedding

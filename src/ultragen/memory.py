@@ -38,7 +38,7 @@ from torch import nn
 
 from ultragen.lit.recipe import DEFAULT_LORA_RANK, DEFAULT_LORA_TARGETS, TRAINABLE, checkpoint_interval, select_trainable
 from ultragen.models.attention.base import AttentionStrategy, VideoGrid
-from ultragen.models.attention.cost import add_config_arguments, describe, import_class, net_args, read_config
+from ultragen.models.attention.cost import add_config_arguments, import_class, net_args, read_config
 from ultragen.models.attention.full import FullAttention
 from ultragen.models.attention.global_compressed import Compression, GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
@@ -361,7 +361,7 @@ def report(estimate: Estimate, gpu_gib: float) -> str:
     strategies = [b.self_attn.strategy for b in net.blocks]
     kinds: dict[str, list[float]] = {}  # strategy description -> activation bytes of its blocks
     for s, b in zip(strategies, e.block_bytes):
-        kinds.setdefault(describe(s), []).append(b)
+        kinds.setdefault(s.describe(), []).append(b)
     p = PRECISIONS[e.precision]
     act = e.activations(e.every).total
     states = {sharding.name: e.states(sharding) for sharding in SHARDINGS}

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ultragen.bench import attention_inputs
 from ultragen.models.attention.base import AttentionStrategy, VideoGrid
-from ultragen.models.attention.cost import config_strategies, describe
+from ultragen.models.attention.cost import config_strategies
 from ultragen.models.blocks import SelfAttention
 
 Query = tuple[int, int, int]
@@ -88,7 +88,7 @@ def config_layers(
     """Strategies of `layers` of merged YAML configs (preset first), built at width `dim` (patterns do not
     depend on it), keyed 'layer i: <describe>'."""
     strategies = config_strategies(paths, dim=dim, num_heads=num_heads, device="cpu")
-    return {f"layer {i}: {describe(strategies[i])}": strategies[i] for i in layers}
+    return {f"layer {i}: {strategies[i].describe()}": strategies[i] for i in layers}
 
 
 #################################################################################

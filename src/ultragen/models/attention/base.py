@@ -61,6 +61,27 @@ class VideoGrid:
         return cls(*(int(g) for g in m.groups()))
 
 
+@dataclass(frozen=True)
+class AttentionCost:
+    """Forward FLOPs (2 per multiply-add) of one layer: attention maps and everything else (projections, LoRA,
+    convs)."""
+
+    maps: float = 0.0
+    other: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.maps + self.other
+
+    def __add__(self, other: "AttentionCost") -> "AttentionCost":
+        return AttentionCost(self.maps + other.maps, self.other + other.other)
+
+
+def windows_maps(dim: int, shapes: dict[tuple[int, int, int], int]) -> float:
+    """Σ over windows of 4·n²·D (QKᵀ and AV), for window shape (t, h, w) -> count."""
+    return sum(count * 4.0 * (t * h * w) ** 2 * dim for (t, h, w), count in shapes.items())
+
+
 @dataclass
 class AttentionContext:
     """What every strategy may read during one forward pass."""
@@ -150,6 +171,14 @@ class AttentionStrategy(nn.Module):
     def forward(self, attn: "SelfAttention", x: Tensor, ctx: AttentionContext) -> Tensor:
         """(B, N, C) -> (B, N, C), before attn.o. Uses attn's shared q/k/v/norms; may add its own deltas."""
         raise NotImplementedError
+
+    def cost(self, grid: VideoGrid) -> AttentionCost:
+        """Forward FLOPs on `grid` without the shared output projection W_o (`ultragen cost` adds it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cost(grid); implement it to use it in `ultragen cost`")
+
+    def describe(self) -> str:
+        """Short name with this layer's windows or factors, for cost tables and plots."""
+        return type(self).__name__
 
     def extra_repr(self) -> str:
         return f"layer={self.layer_idx}, backend={self.backend}"

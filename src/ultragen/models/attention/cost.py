@@ -11,7 +11,6 @@ import argparse
 import importlib
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,88 +18,16 @@ from typing import Any
 import torch
 import yaml
 
-from ultragen.models.attention.base import AttentionBackend, AttentionStrategy, VideoGrid, resolve_layers
+from ultragen.models.attention.base import AttentionBackend, AttentionCost, AttentionStrategy, VideoGrid, resolve_layers
 from ultragen.models.attention.full import FullAttention
-from ultragen.models.attention.global_compressed import Compression, GlobalCompressedAttention
-from ultragen.models.attention.global_local import UltraGenAttention
-from ultragen.models.attention.hierarchical import HierarchicalAttention
-from ultragen.models.attention.multiscale import MultiScaleWindowAttention
-from ultragen.models.attention.window import LocalWindowAttention, window_shapes
 from ultragen.models.wan import WanDiT
 
 DEFAULT_MODEL = "configs/model/wan2.1_t2v_1.3b.yaml"
 
 
-@dataclass(frozen=True)
-class AttentionCost:
-    """Forward FLOPs of one layer: attention maps and everything else (projections, LoRA, convs)."""
-
-    maps: float = 0.0
-    other: float = 0.0
-
-    @property
-    def total(self) -> float:
-        return self.maps + self.other
-
-    def __add__(self, other: "AttentionCost") -> "AttentionCost":
-        return AttentionCost(self.maps + other.maps, self.other + other.other)
-
-
-#################################################################################
-#                                 Per-strategy costs                            #
-#################################################################################
-
-
-def windows_maps(dim: int, shapes: Mapping[tuple[int, int, int], int]) -> float:
-    """Σ over windows of 4·n²·D (QKᵀ and AV), for window shape -> count."""
-    return sum(count * 4.0 * (t * h * w) ** 2 * dim for (t, h, w), count in shapes.items())
-
-
-def lora_flops(branch: GlobalCompressedAttention, tokens: int) -> float:
-    """4·tokens·D·r per LoRA target (A and B matmuls)."""
-    if branch.lora is None:
-        return 0.0
-    return sum(4.0 * tokens * branch.dim * lora.rank for lora in branch.lora.values())
-
-
-def compressed_convs(branch: GlobalCompressedAttention, plan: Compression) -> float:
-    """Strided depthwise conv (2·k²·D per compressed token) + depthwise Conv3d 3×3×3 (54·D per full token)."""
-    return 2.0 * branch.factor**2 * branch.dim * plan.compressed.numel + 54.0 * branch.dim * plan.grid.numel
-
-
-def branch_cost(strategy: AttentionStrategy, grid: VideoGrid) -> AttentionCost:
-    """FLOPs of `strategy` on `grid` without the shared output projection W_o."""
-    d, n = strategy.dim, grid.numel
-    if isinstance(strategy, UltraGenAttention):
-        branches = (strategy.local_branch, strategy.hier_branch, strategy.global_branch)
-        return sum((branch_cost(b, grid) for b in branches if b is not None), AttentionCost())
-    if isinstance(strategy, FullAttention):
-        return AttentionCost(4.0 * n * n * d, 6.0 * n * d * d)
-    if isinstance(strategy, LocalWindowAttention):
-        fit = strategy.fit(grid)
-        shapes = window_shapes(fit.work, (1, *strategy.window_grid), strategy.shifted)
-        return AttentionCost(windows_maps(d, shapes), 6.0 * fit.work.numel * d * d)
-    if isinstance(strategy, MultiScaleWindowAttention):
-        strategy.check(grid)
-        shapes = window_shapes(grid, strategy.counts)
-        return AttentionCost(2 * windows_maps(d, shapes), 6.0 * n * d * d)
-    if isinstance(strategy, GlobalCompressedAttention):  # HierarchicalAttention is its windowed subclass
-        if isinstance(strategy, HierarchicalAttention):
-            plan, fit = strategy.fit(grid)
-            tokens = fit.work.numel
-            maps = windows_maps(d, window_shapes(fit.work, (1, *strategy.window_grid)))
-        else:
-            plan = Compression.plan(grid, strategy.factor, strategy.pad)
-            tokens = plan.compressed.numel
-            maps = 4.0 * tokens * tokens * d
-        projections = (4.0 if strategy.key_proj == "q" else 6.0) * tokens * d * d
-        return AttentionCost(maps, projections + lora_flops(strategy, tokens) + compressed_convs(strategy, plan))
-    raise TypeError(f"no cost model for {type(strategy).__name__}; add it to ultragen.models.attention.cost")
-
-
 def layer_cost(strategy: AttentionStrategy, grid: VideoGrid) -> AttentionCost:
     """FLOPs of one self-attention layer with `strategy`, including W_o (2·N·D²)."""
-    return branch_cost(strategy, grid) + AttentionCost(0.0, 2.0 * grid.numel * strategy.dim**2)
+    return strategy.cost(grid) + AttentionCost(0.0, 2.0 * grid.numel * strategy.dim**2)
 
 
 def block_rest_flops(dim: int, ffn_dim: int, text_len: int, grid: VideoGrid) -> float:
@@ -189,24 +116,6 @@ def config_strategies(
 #################################################################################
 
 
-def describe(strategy: AttentionStrategy) -> str:
-    """Short name of a strategy with its layer-specific windows."""
-    name = type(strategy).__name__
-    if isinstance(strategy, UltraGenAttention):
-        parts = []
-        if strategy.local_branch is not None:
-            parts.append(f"L{'x'.join(map(str, strategy.local_branch.window_grid))}")
-        if strategy.hier_branch is not None:
-            parts.append(f"H{'x'.join(map(str, strategy.hier_branch.window_grid))}/{strategy.hier_branch.factor}")
-        if strategy.global_branch is not None:
-            parts.append(f"G/{strategy.global_branch.factor}")
-        return f"{name}[{' '.join(parts)}]"
-    for attr in ("window_grid", "counts"):
-        if hasattr(strategy, attr):
-            return f"{name}[{'x'.join(map(str, getattr(strategy, attr)))}]"
-    return name
-
-
 def totals(costs: Sequence[AttentionCost], full: AttentionCost, rest: float | None) -> dict:
     """Whole-network FLOPs of per-layer `costs` and of `full` attention in every layer: attention maps,
     self-attention with its projections, and (given the per-network `rest` of the blocks) whole blocks."""
@@ -251,7 +160,7 @@ def report(strategies: Sequence[AttentionStrategy], grid: VideoGrid, ffn_dim: in
     ]
     for i, (s, c) in enumerate(zip(strategies, costs)):
         lines.append(
-            f"{i:>5}  {describe(s):<40} {c.maps / 1e9:>12.1f} {full.maps / c.maps:>8.2f} "
+            f"{i:>5}  {s.describe():<40} {c.maps / 1e9:>12.1f} {full.maps / c.maps:>8.2f} "
             f"{c.total / 1e9:>12.1f} {full.total / c.total:>8.2f}"
         )
     lines.append(f"self-attention, attention maps only: {t['full_maps'] / t['maps']:.2f}x fewer FLOPs than full")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy, VideoGrid
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, AttentionStrategy, VideoGrid
 from ultragen.models.attention.window import PAD_POLICIES, PadPolicy, check_choice, plane_rotary, resize_plane
 from ultragen.models.lora import DomainLoRA, LoRAInit
 from ultragen.models.rope import apply_rope
@@ -248,6 +248,21 @@ class GlobalCompressedAttention(AttentionStrategy):
     def output_delta(self, out: Tensor) -> Tensor:
         """Per-branch `o` LoRA (applied before fusion, the shared W_o follows), if configured."""
         return out + self.lora["o"](out) if self.lora is not None and "o" in self.lora else out
+
+    def plane_cost(self, plan: Compression, tokens: int, maps: float) -> AttentionCost:
+        """Cost of attending `tokens` compressed tokens with `maps` attention-map FLOPs under `plan`: q/k/v
+        projections (k reuses q's under key_proj=q), LoRA (4·tokens·D·r per target), the strided depthwise conv
+        (2·k²·D per compressed token) and the depthwise Conv3d 3×3×3 (54·D per full token)."""
+        d = self.dim
+        projections = (4.0 if self.key_proj == "q" else 6.0) * tokens * d * d
+        lora = 0.0 if self.lora is None else sum(4.0 * tokens * d * m.rank for m in self.lora.values())
+        convs = 2.0 * self.factor**2 * d * plan.compressed.numel + 54.0 * d * plan.grid.numel
+        return AttentionCost(maps, projections + lora + convs)
+
+    def cost(self, grid: VideoGrid) -> AttentionCost:
+        plan = Compression.plan(grid, self.factor, self.pad)
+        n = plan.compressed.numel
+        return self.plane_cost(plan, n, 4.0 * n * n * self.dim)
 
     def extra_repr(self) -> str:
         lora = "none" if self.lora is None else f"rank={next(iter(self.lora.values())).rank} on {list(self.lora)}"

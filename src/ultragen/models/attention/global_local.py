@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, AttentionStrategy, VideoGrid
 from ultragen.models.attention.global_compressed import (
     CompressedRope,
     GlobalCompressedAttention,
@@ -160,6 +160,20 @@ class UltraGenAttention(AttentionStrategy):
                 part = plan.decompress(plane, branch.up, weights[name])
             out = part if out is None else out.add_(part)
         return out
+
+    def cost(self, grid: VideoGrid) -> AttentionCost:
+        """The branches' costs (the gates are per clip, not per token: negligible)."""
+        return sum((b.cost(grid) for _, b in self.branches() if b is not None), AttentionCost())
+
+    def describe(self) -> str:
+        parts = []
+        if self.local_branch is not None:
+            parts.append(f"L{'x'.join(map(str, self.local_branch.window_grid))}")
+        if self.hier_branch is not None:
+            parts.append(f"H{'x'.join(map(str, self.hier_branch.window_grid))}/{self.hier_branch.factor}")
+        if self.global_branch is not None:
+            parts.append(f"G/{self.global_branch.factor}")
+        return f"{type(self).__name__}[{' '.join(parts)}]"
 
     @torch.no_grad()
     def gate_values(self, timestep_freq: Tensor) -> dict[str, Tensor]:

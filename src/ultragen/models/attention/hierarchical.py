@@ -7,7 +7,7 @@ from functools import partial
 
 from torch import Tensor
 
-from ultragen.models.attention.base import AttentionBackend, AttentionContext, VideoGrid
+from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, VideoGrid, windows_maps
 from ultragen.models.attention.global_compressed import (
     CompressedRope,
     Compression,
@@ -23,6 +23,7 @@ from ultragen.models.attention.window import (
     attend_windows,
     check_choice,
     window_schedule,
+    window_shapes,
 )
 from ultragen.models.lora import LoRAInit
 
@@ -88,6 +89,14 @@ class HierarchicalAttention(GlobalCompressedAttention):
             rope_scale=scale, rope_offset=offset,
         )  # (B, N_coarse, C) on fit.source
         return self.output_delta(out).reshape(b, *fit.source, c), plan
+
+    def cost(self, grid: VideoGrid) -> AttentionCost:
+        plan, fit = self.fit(grid)
+        maps = windows_maps(self.dim, window_shapes(fit.work, (1, *self.window_grid)))
+        return self.plane_cost(plan, fit.work.numel, maps)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}[{'x'.join(map(str, self.window_grid))}]"
 
     def extra_repr(self) -> str:
         nh, nw = self.window_grid

@@ -6,8 +6,15 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy, VideoGrid
-from ultragen.models.attention.window import PlaneFit, grouped_attention, window_layout, window_schedule
+from ultragen.models.attention.base import (
+    AttentionBackend,
+    AttentionContext,
+    AttentionCost,
+    AttentionStrategy,
+    VideoGrid,
+    windows_maps,
+)
+from ultragen.models.attention.window import PlaneFit, grouped_attention, window_layout, window_schedule, window_shapes
 from ultragen.models.rope import apply_rope
 
 
@@ -45,6 +52,14 @@ class MultiScaleWindowAttention(AttentionStrategy):
                 f"{'x'.join(map(str, self.counts))} of layer {self.layer_idx}; choose counts that divide every axis"
             )
         return PlaneFit(grid, grid, "error")
+
+    def cost(self, grid: VideoGrid) -> AttentionCost:
+        """Close and remote windows have the same shapes: twice one partition's maps."""
+        self.check(grid)
+        return AttentionCost(2 * windows_maps(self.dim, window_shapes(grid, self.counts)), 6.0 * grid.numel * self.dim**2)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}[{'x'.join(map(str, self.counts))}]"
 
     def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
         fit = self.check(ctx.grid)

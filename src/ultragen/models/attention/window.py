@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionStrategy, VideoGrid
+from ultragen.models.attention.base import (
+    AttentionBackend,
+    AttentionContext,
+    AttentionCost,
+    AttentionStrategy,
+    VideoGrid,
+    windows_maps,
+)
 from ultragen.models.rope import Rotary, RotaryTables, apply_rope
 
 PadPolicy = Literal["error", "replicate", "interpolate"]
@@ -341,6 +348,14 @@ class LocalWindowAttention(AttentionStrategy):
         if fit.resamples:
             out = resize_plane(out.reshape(b, *fit.work, c), (grid.h, grid.w), self.antialias).reshape(b, n, c)
         return out
+
+    def cost(self, grid: VideoGrid) -> AttentionCost:
+        fit = self.fit(grid)
+        shapes = window_shapes(fit.work, (1, *self.window_grid), self.shifted)
+        return AttentionCost(windows_maps(self.dim, shapes), 6.0 * fit.work.numel * self.dim**2)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}[{'x'.join(map(str, self.window_grid))}]"
 
     def extra_repr(self) -> str:
         nh, nw = self.window_grid
