@@ -31,3 +31,16 @@ def test_ultragen_dit_matches_cpu_on_cuda():
     cpu = build()(x, t, c)
     gpu = build().cuda()(x.cuda(), t.cuda(), c.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, atol=2e-3, rtol=2e-3)
+
+
+def test_flex_backend_matches_sdpa_dense_and_with_a_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    q, k, v = (torch.randn(1, 256, 2, 64, device="cuda") for _ in range(3))
+    ref = attention(q, k, v, backend="math")
+    torch.testing.assert_close(attention(q, k, v, backend="flex"), ref, atol=1e-4, rtol=1e-4)
+    causal = create_block_mask(lambda b, h, i, j: i >= j, None, None, 256, 256, device="cuda")
+    mask = torch.ones(256, 256, dtype=torch.bool, device="cuda").tril()
+    dense = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask)
+    torch.testing.assert_close(attention(q, k, v, backend="flex", block_mask=causal), dense.transpose(1, 2).flatten(2),
+                               atol=1e-4, rtol=1e-4)

@@ -42,6 +42,9 @@ def test_bad_inputs_raise_named_errors():
         tiny_dit(full_attention_layers=[5])
     with pytest.raises(ValueError, match="unknown attention backend 'triton'"):
         FullAttention(32, 2, 0, backend="triton")
+    q = torch.randn(1, 4, 2, 8)
+    with pytest.raises(ValueError, match="a block mask needs attention backend 'flex', not 'sdpa'"):
+        attention(q, q, q, backend="sdpa", block_mask=object())
 
 
 def test_full_attention_layers_and_factory():

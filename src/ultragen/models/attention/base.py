@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,20 +12,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ultragen.models.rope import Rotary, RotaryTables
 
 if TYPE_CHECKING:
     from ultragen.models.blocks import SelfAttention
 
-# "sdpa" lets PyTorch pick (flash / efficient / cuDNN on GPU, math on CPU); the others force one kernel.
+# "sdpa" lets PyTorch pick (flash / efficient / cuDNN on GPU, math on CPU); the others force one kernel. "flex" is
+# compiled FlexAttention: dense calls run it without a mask, block-sparse strategies pass their cached BlockMask.
 BACKENDS: dict[str, list[SDPBackend] | None] = {
     "sdpa": None,
     "math": [SDPBackend.MATH],
     "flash": [SDPBackend.FLASH_ATTENTION],
     "efficient": [SDPBackend.EFFICIENT_ATTENTION],
     "cudnn": [SDPBackend.CUDNN_ATTENTION],
+    "flex": None,
 }
+
+
+@functools.cache
+def compiled_flex_attention() -> Callable[..., Tensor]:
+    """`flex_attention` compiled once per process (uncompiled it materialises the scores and is only a reference)."""
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def check_backend(backend: str) -> str:
@@ -108,11 +118,25 @@ def resolve_layers(name: str, layers: Sequence[int], num_layers: int) -> list[in
     return sorted({i % num_layers for i in layers})
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", scale: float | None = None) -> Tensor:
-    """Scaled dot-product attention. q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H * D)."""
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    backend: str = "sdpa",
+    scale: float | None = None,
+    block_mask: BlockMask | None = None,
+) -> Tensor:
+    """Scaled dot-product attention. q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H * D).
+
+    `block_mask` (FlexAttention's, over (Lq, Lk)) restricts which key blocks each query block sees; only `flex` takes
+    one."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
     kernels = BACKENDS[check_backend(backend)]
-    if kernels is None:
+    if backend == "flex":
+        out = compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale)
+    elif block_mask is not None:
+        raise ValueError(f"a block mask needs attention backend 'flex', not {backend!r}; set attention_backend: flex")
+    elif kernels is None:
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     else:
         with sdpa_kernel(kernels):
@@ -130,9 +154,11 @@ class AttentionBackend:
     def __init__(self, name: str = "sdpa"):
         self.name = check_backend(name)
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-        """q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H·D)."""
-        return attention(q, k, v, self.name, scale)
+    def __call__(
+        self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, block_mask: BlockMask | None = None
+    ) -> Tensor:
+        """q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H·D); `block_mask` with `flex` only."""
+        return attention(q, k, v, self.name, scale, block_mask)
 
     def __repr__(self) -> str:
         return self.name
