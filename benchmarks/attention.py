@@ -1,7 +1,7 @@
 """Time forward+backward of one self-attention layer per strategy against FullAttention on the same grid.
 
 Prints, per strategy: measured time ratio vs full, the analytic FLOP ratio from the cost model
-(`ultragen.models.attention.cost`, total incl. projections/convs/LoRA), and their quotient.
+(`AttentionStrategy.cost` + W_o, `ultragen.cost`, total incl. projections/convs/LoRA), and their quotient.
 
     python benchmarks/attention.py                                   # 5x32x64 grid, 12 heads x 128, CPU
     python benchmarks/attention.py --grid 21x68x120 --device cuda --dtype bfloat16
@@ -16,8 +16,8 @@ from functools import partial
 import torch
 
 from ultragen.bench import attention_inputs, profile_table, time_layers
+from ultragen.cost import layer_cost
 from ultragen.models.attention import FullAttention, VideoGrid
-from ultragen.models.attention.cost import layer_cost
 from ultragen.models.attention.global_compressed import GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention

@@ -4,7 +4,6 @@ import csv
 import math
 from pathlib import Path
 
-import pytest
 
 from ultragen.ablation import METRICS, ROWS, RowResult, slug, verdicts
 from ultragen.cli import main

@@ -8,13 +8,8 @@ import yaml
 
 from ultragen.cli import main as cli
 from ultragen.models.attention import FullAttention, VideoGrid
-from ultragen.models.attention.cost import (
-    block_rest_flops,
-    build_strategies,
-    layer_cost,
-    load_configs,
-    main,
-)
+from ultragen.cost import block_rest_flops, layer_cost, main
+from ultragen.lit.config import layer_strategies, read_config
 from ultragen.models.attention.global_local import UltraGenAttention
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -22,10 +17,14 @@ WAN_13B = dict(dim=1536, num_heads=12, num_layers=30)  # METHOD.md §3.1
 GRID_1080P, GRID_4K = VideoGrid(21, 68, 120), VideoGrid(8, 135, 240)
 
 
-def release_net() -> dict:
+def strategies_of(preset: str, experiment: str) -> list:
+    """Per-layer strategies of a model preset stacked with an experiment, on the meta device."""
+    return layer_strategies(read_config([CONFIGS / "model" / preset, CONFIGS / "experiments" / experiment]))
+
+
+def release_strategies() -> list:
     """Wan2.1-1.3B widths + the ultragen_release experiment's attention settings."""
-    net = load_configs([CONFIGS / "experiments" / "ultragen_release.yaml"])["model"]["net"]["init_args"]
-    return {**WAN_13B, **net}
+    return strategies_of("wan2.1_t2v_1.3b.yaml", "ultragen_release.yaml")
 
 
 def map_speedup(strategy, grid: VideoGrid) -> float:
@@ -52,7 +51,7 @@ def test_equation_13(k):
     ],
 )
 def test_method_7_2_per_block_table(grid, layer, branches, speedup):
-    s = build_strategies(release_net())[layer]
+    s = release_strategies()[layer]
     full = 4.0 * grid.numel**2 * s.dim
     parts = [b.cost(grid).maps / full for b in (s.local_branch, s.global_branch, s.hier_branch)]
     assert [round(p, 4) for p in parts] == list(branches)
@@ -68,7 +67,7 @@ def test_method_7_2_per_block_table(grid, layer, branches, speedup):
     ],
 )
 def test_whole_model_ratios(grid, maps, dit_full, dit_ultragen, dit_ratio):
-    strategies = build_strategies(release_net())
+    strategies = release_strategies()
     full = layer_cost(FullAttention(1536, 12, 0), grid)
     costs = [layer_cost(s, grid) for s in strategies]
     assert round(30 * full.maps / sum(c.maps for c in costs), 2) == maps
@@ -80,17 +79,14 @@ def test_whole_model_ratios(grid, maps, dit_full, dit_ultragen, dit_ratio):
 
 
 def test_t3_cycle_matches_reported_43x():
-    net = load_configs([CONFIGS / "experiments" / "t3_multiscale.yaml"])["model"]["net"]["init_args"]
-    strategies = build_strategies({**WAN_13B, **net})
+    strategies = strategies_of("wan2.1_t2v_1.3b.yaml", "t3_multiscale.yaml")
     grid = VideoGrid(21, 136, 240)
     full = layer_cost(FullAttention(1536, 12, 0), grid).maps
     assert round(30 * full / sum(layer_cost(s, grid).maps for s in strategies), 1) == 43.0
 
 
 def test_t3_wan22_counts_give_the_released_window_sizes_on_its_4k_grid():
-    net = load_configs([CONFIGS / "experiments" / "t3_4k_wan22.yaml"])["model"]["net"]["init_args"]
-    preset = load_configs([CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"])["model"]["net"]["init_args"]
-    strategies = build_strategies({**preset, **net})
+    strategies = strategies_of("wan2.2_ti2v_5b.yaml", "t3_4k_wan22.yaml")
     grid = VideoGrid(21, 68, 120)
     sizes = [tuple(g // n for g, n in zip(grid, s.counts)) for s in strategies[:5]]
     assert sizes == [(1, 68, 120), (21, 4, 6), (21, 4, 20), (7, 17, 8), (3, 17, 15)]  # METHOD.md §8.2
@@ -112,16 +108,34 @@ def test_vs_prints_one_comparison_row_per_experiment():
 
 
 def test_strategies_are_built_without_weight_memory():
-    strategies = build_strategies(release_net())
+    strategies = release_strategies()
     params = [p for s in strategies for p in s.parameters()]
     assert params and all(p.is_meta for p in params)
-    with pytest.raises(ValueError, match=r"lacks \['dim'.*configs/model"):
-        build_strategies({"attention": None})
+    with pytest.raises(ValueError, match=r"no model.net widths; add a model preset, e.g. -c configs/model"):
+        read_config([CONFIGS / "experiments" / "ultragen_release.yaml"])
+
+
+def test_configs_stack_as_fit_stacks_them(tmp_path):
+    """The reader is `fit`'s parser: a later file's init_args merge into the earlier class, a new class_path replaces
+    it, and signature defaults fill what no file sets."""
+    swin = tmp_path / "swin.yaml"
+    swin.write_text(yaml.safe_dump({"model": {"net": {"init_args": {"attention": {
+        "class_path": "ultragen.models.attention.SwinAttention", "init_args": {"windows": [[2, 2]]}}}}}}))
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(yaml.safe_dump({"model": {"net": {"init_args": {"attention": {"init_args": {"shifts": [True]}}}}}}))
+    config = read_config([CONFIGS / "model" / "wan2.1_t2v_1.3b.yaml", CONFIGS / "experiments" / "ultragen_release.yaml",
+                          swin, wider])
+    attention = config.model.net.init_args.attention
+    assert attention.class_path.endswith("SwinAttention") and attention.init_args.windows == [[2, 2]]
+    assert attention.init_args.shifts == [True] and "local_windows" not in attention.init_args
+    assert config.model.net.init_args.full_attention_layers == [0, 1, 2, -3, -2, -1]  # kept from the experiment
+    assert config.model.trainable == "all"  # VideoDiffusionModule's default
 
 
 def test_cli_prints_table_and_ratios(tmp_path, capsys):
     model = tmp_path / "model.yaml"
-    model.write_text(yaml.safe_dump({"model": {"net": {"init_args": {**WAN_13B, "ffn_dim": 8960}}}}))
+    model.write_text(yaml.safe_dump({"model": {"net": {"class_path": "ultragen.models.wan.WanDiT",
+                                                       "init_args": {**WAN_13B, "ffn_dim": 8960}}}}))
     cli(["cost", "--grid", "21x68x120", "--model", str(model), "-c", str(CONFIGS / "experiments" / "ultragen_release.yaml")])
     out = capsys.readouterr().out
     assert "grid 21x68x120 (N = 171,360)" in out

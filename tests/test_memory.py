@@ -11,7 +11,7 @@ from torch import nn
 
 from ultragen.cli import main as cli
 from ultragen.lit.cli import UltraGenCLI
-from ultragen.lit.recipe import DEFAULT_LORA_TARGETS
+from ultragen.lit.config import read_config
 from ultragen.memory import (
     PRECISIONS,
     SHARDINGS,
@@ -33,7 +33,6 @@ from ultragen.models.attention import (
     UltraGenAttention,
     VideoGrid,
 )
-from ultragen.models.attention.cost import load_configs
 from ultragen.models.wan import WanDiT, sinusoidal_embedding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,11 +67,7 @@ def case(request, tmp_path_factory):
 
 def test_parameter_counts_are_exact(case):
     name, files, module = case
-    model = load_configs(files)["model"]
-    net = build_net(
-        model["net"], module.codec.latent_channels, module.text_encoder.dim, model.get("trainable", "all"),
-        lora_targets=model.get("lora_targets") or DEFAULT_LORA_TARGETS,
-    )
+    net = build_net(read_config(files), module.codec.latent_channels, module.text_encoder.dim)
     counts = [(sum(p.numel() for p in m.parameters()), sum(p.numel() for p in m.parameters() if p.requires_grad))
               for m in (net, module.net)]
     assert counts[0] == counts[1]
@@ -200,8 +195,9 @@ def test_block_model_matches_the_tensors_torch_saves(monkeypatch, name, precisio
 
 
 def tiny_estimate(files: list[str], grid: VideoGrid, every: int, sp: int = 1, text_len: int = 16, **net) -> Estimate:
-    config = load_configs(files)["model"]["net"]
-    config["init_args"].update(net)
+    config = read_config(files)
+    for key, value in net.items():
+        config.model.net.init_args[key] = value
     return Estimate(build_net(config, 192, 384), grid, "bf16-mixed", 1, sp, 1, text_len, "all", every)
 
 

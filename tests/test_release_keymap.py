@@ -4,10 +4,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from ultragen.checkpoints import convert_ultragen_release, detect_format, load_dit_weights
-from ultragen.models.attention.cost import load_configs
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.wan import WanDiT
 
@@ -18,7 +18,7 @@ RELEASE_YAML = Path(__file__).parents[1] / "configs" / "experiments" / "ultragen
 
 def release_dit() -> WanDiT:
     """Tiny WanDiT with the ultragen_release experiment's attention settings (rank shrunk)."""
-    attention = load_configs([RELEASE_YAML])["model"]["net"]["init_args"]["attention"]["init_args"]
+    attention = yaml.safe_load(RELEASE_YAML.read_text())["model"]["net"]["init_args"]["attention"]["init_args"]
     torch.manual_seed(0)
     return WanDiT(
         16, 32, dim=DIM, ffn_dim=96, num_heads=HEADS, num_layers=LAYERS, freq_dim=FREQ, full_attention_layers=FULL,

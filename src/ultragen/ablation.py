@@ -28,8 +28,8 @@ from ultragen.eval.figures import frame_strip, save_png
 from ultragen.eval.seams import seam_boundaries, seam_score
 from ultragen.lit.callbacks import ProceduralMetrics
 from ultragen.models.attention.base import VideoGrid
-from ultragen.models.attention.cost import layer_cost, load_configs
-from ultragen.models.attention.full import FullAttention
+from ultragen.cost import layer_cost
+from ultragen.lit.config import read_config
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def slug(name: str) -> str:
 
 def local_window_grids(base: str) -> list[list[int]]:
     """The full model's local window schedule from the base config: where window seams would appear."""
-    return load_configs([base])["model"]["net"]["init_args"]["attention"]["init_args"]["local_windows"]
+    return read_config([base]).model.net.init_args.attention.init_args.local_windows
 
 
 def sampling_grid(model) -> VideoGrid:
@@ -308,7 +308,7 @@ def main(argv: list[str]) -> str:
     if args.quick:
         args.steps, args.seeds, args.videos, args.sampling_steps = 8, [0], 2, 4
     if args.steps is None:
-        args.steps = load_configs([args.base])["trainer"]["max_steps"]
+        args.steps = read_config([args.base]).trainer.max_steps
     for name, value in (("--steps", args.steps), ("--videos", args.videos), ("--sampling-steps", args.sampling_steps)):
         if value < 1:
             parser.error(f"{name} {value} must be >= 1")

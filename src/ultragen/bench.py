@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid
 from ultragen.models.attention.base import AttentionCost
-from ultragen.models.attention.cost import config_strategies, layer_cost
+from ultragen.cost import layer_cost
+from ultragen.lit.config import layer_strategies, read_config
 from ultragen.models.blocks import SelfAttention
 from ultragen.models.rope import RotaryTables
 from ultragen.models.wan import sinusoidal_embedding
@@ -119,7 +120,7 @@ def cost_table(
     """config -> resolution -> whole-model self-attention FLOPs (None where the config does not fit the grid)."""
     table = {}
     for name, paths in configs.items():
-        strategies = config_strategies(paths)
+        strategies = layer_strategies(read_config(paths))
         table[name] = {res: cost_or_none(name, strategies, grid) for res, grid in grids.items()}
     return table
 
@@ -140,7 +141,7 @@ def time_configs(
     dim = num_heads * head_dim
     built = {}
     for name, paths in configs.items():
-        strategies = config_strategies(paths, dim=dim, num_heads=num_heads, device="cpu")
+        strategies = layer_strategies(read_config(paths), dim=dim, num_heads=num_heads, device="cpu")
         built[name] = {i: SelfAttention(dim, num_heads, strategies[i]) for i in layers}
     table: dict[str, dict[str, float | None]] = {name: {} for name in configs}
     previous = torch.get_num_threads()

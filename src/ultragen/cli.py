@@ -15,7 +15,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "export": "ultragen.lit.export:main",
     "data": "ultragen.data.cli:main",
-    "cost": "ultragen.models.attention.cost:main",
+    "cost": "ultragen.cost:main",
     "memory": "ultragen.memory:main",
     "ablate": "ultragen.ablation:main",
 }

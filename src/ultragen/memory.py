@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property, partial
-from typing import Any
+from functools import cached_property
 
 import torch
 from torch import nn
 
-from ultragen.lit.recipe import DEFAULT_LORA_RANK, DEFAULT_LORA_TARGETS, TRAINABLE, checkpoint_interval, select_trainable
+from jsonargparse import Namespace
+
+from ultragen.cost import add_config_arguments, config_paths, parse_configs, text_length
+from ultragen.lit.config import build_network
+from ultragen.lit.recipe import DEFAULT_LORA_TARGETS, TRAINABLE, checkpoint_interval, select_trainable
 from ultragen.models.attention.base import AttentionStrategy, VideoGrid
-from ultragen.models.attention.cost import add_config_arguments, import_class, net_args, read_config
 from ultragen.models.attention.full import FullAttention
 from ultragen.models.attention.global_compressed import Compression, GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
@@ -46,7 +48,6 @@ from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.multiscale import MultiScaleWindowAttention
 from ultragen.models.attention.window import LocalWindowAttention, window_layout
 
-# VideoDiffusionModule's defaults for what the config may leave out (tests/test_memory.py checks them).
 MiB, GiB = 2**20, 2**30
 
 
@@ -127,34 +128,17 @@ def state_memory(total: int, trainable: int, precision: Precision, sharding: Sha
 #################################################################################
 
 
-def build_net(
-    net: Mapping[str, Any],
-    in_dim: int,
-    text_dim: int,
-    trainable: str = "all",
-    lora_rank: int = DEFAULT_LORA_RANK,
-    lora_alpha: float | None = None,
-    lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS,
-) -> nn.Module:
-    """The DiT of a `model.net` mapping on the meta device, with VideoDiffusionModule's trainable selection applied.
+def build_net(config: Namespace, in_dim: int, text_dim: int, trainable: str | None = None) -> nn.Module:
+    """The configured DiT on the meta device, with VideoDiffusionModule's trainable selection applied (`trainable`,
+    else the config's `model.trainable`, with its `lora_*` settings).
 
     all: every weight; strategy: `*.strategy.*`; lora: peft LoRA adapters on `lora_targets`, only `lora_*` trainable.
     """
-    args = dict(net.get("init_args") or {})
-    for key in ("dim", "ffn_dim", "num_heads", "num_layers"):
-        if key not in args:
-            raise ValueError(
-                f"model.net.init_args lacks {key}; add a model preset, e.g. -c configs/model/<preset>.yaml"
-            )
-    args.setdefault("in_dim", in_dim)
-    args.setdefault("text_dim", text_dim)
-    spec = args.get("attention")
-    if spec is not None:
-        spec = {"class_path": spec} if isinstance(spec, str) else spec
-        args["attention"] = partial(import_class(spec["class_path"]), **dict(spec.get("init_args") or {}))
+    model = config.model
     with torch.device("meta"):
-        model = import_class(net.get("class_path") or "ultragen.models.wan.WanDiT")(**args)
-        return select_trainable(model, trainable, lora_rank, lora_alpha, lora_targets)
+        net = build_network(config, in_dim, text_dim)
+        return select_trainable(net, trainable or model.trainable, model.lora_rank, model.lora_alpha,
+                                model.lora_targets or DEFAULT_LORA_TARGETS)
 
 
 #################################################################################
@@ -454,29 +438,22 @@ def main(argv: list[str]) -> str:
     )
     parser.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory in GiB for the last column (default 80)")
     args = parser.parse_args(argv)
-    config = read_config(parser, args)
-    model = config.get("model") or {}
-    precision = args.precision or (config.get("trainer") or {}).get("precision") or "bf16-mixed"
+    config = parse_configs(parser, config_paths(parser, args.model, args.config))
+    precision = args.precision or config.trainer.precision or "bf16-mixed"
     if precision not in PRECISIONS:
         parser.error(f"precision {precision!r} is not modelled; pass --precision {' or '.join(PRECISIONS)}")
-    net = dict(model.get("net") or {})
-    heads = int(net_args(config).get("num_heads") or 0)
+    heads = config.model.net.init_args.num_heads
     if heads % args.sp_degree:
         parser.error(f"--sp-degree {args.sp_degree} does not divide num_heads={heads} (Ulysses splits heads)")
     if args.world_size % args.sp_degree:
         parser.error(f"--world-size {args.world_size} is not a multiple of --sp-degree {args.sp_degree}")
-    text_len = args.text_len or ((model.get("text_encoder") or {}).get("init_args") or {}).get("max_length") or 512
-    trainable = args.trainable or model.get("trainable") or "all"
+    trainable = args.trainable or config.model.trainable
     try:
-        setting = args.activation_checkpointing or model.get("activation_checkpointing") or "none"
+        setting = args.activation_checkpointing or config.model.activation_checkpointing
         every = checkpoint_interval(int(setting) if str(setting).isdigit() else setting)
-        built = build_net(
-            net, args.in_dim, args.text_dim, trainable, model.get("lora_rank", DEFAULT_LORA_RANK),
-            model.get("lora_alpha"), model.get("lora_targets") or DEFAULT_LORA_TARGETS,
-        )
         estimate = Estimate(
-            built, args.grid, precision, args.world_size, args.sp_degree, args.batch_size, int(text_len), trainable,
-            every,
+            build_net(config, args.in_dim, args.text_dim, trainable), args.grid, precision, args.world_size,
+            args.sp_degree, args.batch_size, text_length(config, args.text_len), trainable, every,
         )
         return report(estimate, args.gpu_gib)
     except ValueError as err:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ultragen.bench import attention_inputs
 from ultragen.models.attention.base import AttentionStrategy, VideoGrid
-from ultragen.models.attention.cost import config_strategies
+from ultragen.lit.config import layer_strategies, read_config
 from ultragen.models.blocks import SelfAttention
 
 Query = tuple[int, int, int]
@@ -85,9 +85,9 @@ def visibility_maps(
 def config_layers(
     paths: Sequence[str | Path], layers: Sequence[int], dim: int = 32, num_heads: int = 2
 ) -> dict[str, AttentionStrategy]:
-    """Strategies of `layers` of merged YAML configs (preset first), built at width `dim` (patterns do not
+    """Strategies of `layers` of stacked YAML configs (preset first), built at width `dim` (patterns do not
     depend on it), keyed 'layer i: <describe>'."""
-    strategies = config_strategies(paths, dim=dim, num_heads=num_heads, device="cpu")
+    strategies = layer_strategies(read_config(paths), dim=dim, num_heads=num_heads, device="cpu")
     return {f"layer {i}: {strategies[i].describe()}": strategies[i] for i in layers}
 
 

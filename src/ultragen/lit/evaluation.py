@@ -27,7 +27,6 @@ from ultragen.eval.features import MetricWeights
 from ultragen.eval.hd import MetricSettings
 from ultragen.eval.suite import METRICS, compute_metrics
 from ultragen.lit.callbacks import generate_with_steps, tensorboard_writers
-from ultragen.models.attention.cost import report
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +142,8 @@ class AttentionCostTable(L.Callback):
     text (`model/attention_cost`)."""
 
     def log_table(self, trainer: L.Trainer, pl_module) -> None:
+        from ultragen.cost import report  # `ultragen cost` reads configs through the CLI, which imports this module
+
         s, net = pl_module.sampling, pl_module.net
         grid = net.token_grid(*pl_module.codec.latent_shape(s.frames, s.height, s.width)[1:])
         text_len = getattr(pl_module.text_encoder, "max_length", 512)
