@@ -17,7 +17,7 @@ import torch
 
 from ultragen.bench import attention_inputs, profile_table, time_layers
 from ultragen.cost import layer_cost
-from ultragen.models.attention import FullAttention, VideoGrid
+from ultragen.models.attention import CompressionOptions, FullAttention, Padding, VideoGrid, WindowOptions
 from ultragen.models.attention.global_compressed import GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
@@ -28,18 +28,19 @@ from ultragen.models.blocks import SelfAttention
 
 def strategies(args: argparse.Namespace) -> dict:
     """Name -> factory (dim, heads, layer[, freq_dim, backend]) of every benchmarked strategy."""
-    pad = dict(pad=args.pad)
+    padding = Padding(args.pad)
+    local, hier = WindowOptions(counts=args.local_windows), WindowOptions(counts=args.hier_windows)
+    compression = CompressionOptions(factor=args.global_factor)
     return {
         "full": FullAttention,
-        "local": partial(LocalWindowAttention, windows=args.local_windows, **pad),
-        "swin": partial(SwinAttention, windows=args.local_windows[:1], shifts=[True], **pad),
-        "global": partial(GlobalCompressedAttention, factor=args.global_factor, **pad),
-        "hierarchical": partial(HierarchicalAttention, windows=args.hier_windows, **pad),
-        "ultragen": partial(
-            UltraGenAttention, local_windows=args.local_windows, hier_windows=args.hier_windows,
-            global_factor=args.global_factor, **pad,
-        ),
-        "t3": partial(MultiScaleWindowAttention, windows=args.t3_windows),
+        "local": partial(LocalWindowAttention, windows=local, padding=padding),
+        "swin": partial(SwinAttention, windows=WindowOptions(counts=args.local_windows[:1], shifts=[True]),
+                        padding=padding),
+        "global": partial(GlobalCompressedAttention, compression=compression, padding=padding),
+        "hierarchical": partial(HierarchicalAttention, windows=hier, padding=padding),
+        "ultragen": partial(UltraGenAttention, local_windows=local, hier_windows=hier, global_compression=compression,
+                            padding=padding),
+        "t3": partial(MultiScaleWindowAttention, windows=WindowOptions(counts=args.t3_windows)),
     }
 
 

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from ultragen.cli import main as cli
-from ultragen.models.attention import FullAttention, VideoGrid
+from ultragen.models.attention import CompressionOptions, FullAttention, VideoGrid, WindowOptions
 from ultragen.cost import block_rest_flops, layer_cost, main
 from ultragen.lit.config import layer_strategies, read_config
 from ultragen.models.attention.global_local import UltraGenAttention
@@ -35,7 +35,14 @@ def map_speedup(strategy, grid: VideoGrid) -> float:
 def test_equation_13(k):
     grid = VideoGrid(3, 4 * k, 6 * k)
     with torch.device("meta"):
-        s = UltraGenAttention(1536, 12, 0, local_windows=[[k, k]], global_factor=k, hier_windows=[[k // 2, k // 2]])
+        s = UltraGenAttention(
+            1536,
+            12,
+            0,
+            local_windows=WindowOptions(counts=[[k, k]]),
+            hier_windows=WindowOptions(counts=[[k // 2, k // 2]]),
+            global_compression=CompressionOptions(factor=k),
+        )
     assert map_speedup(s, grid) == pytest.approx(4 * k**4 / (5 * k**2 + 4), rel=1e-12)
     if k == 4:
         assert round(map_speedup(s, grid), 2) == 12.19
@@ -96,14 +103,33 @@ def test_t3_wan22_counts_give_the_released_window_sizes_on_its_4k_grid():
 def test_vs_prints_one_comparison_row_per_experiment():
     """The Wan2.2 4K comparison in one command; the T3 row is its own per-layer total, the full row 1x."""
     experiments = CONFIGS / "experiments"
-    out = main(["--grid", "21x68x120", "--model", str(CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"),
-                "-c", str(experiments / "full.yaml"), "--vs", str(experiments / "ultragen_4k_wan22.yaml"),
-                "--vs", str(experiments / "t3_4k_wan22.yaml")])
+    out = main(
+        [
+            "--grid",
+            "21x68x120",
+            "--model",
+            str(CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"),
+            "-c",
+            str(experiments / "full.yaml"),
+            "--vs",
+            str(experiments / "ultragen_4k_wan22.yaml"),
+            "--vs",
+            str(experiments / "t3_4k_wan22.yaml"),
+        ]
+    )
     rows = {line.split()[0]: line.split()[1:] for line in out.split("\n\n")[-1].splitlines()[1:]}
     assert list(rows) == ["full", "ultragen_4k_wan22", "t3_4k_wan22"]
     assert rows["full"][:2] == ["1.00", "1.00"] and float(rows["t3_4k_wan22"][0]) == pytest.approx(35.52, abs=0.01)
-    alone = main(["--grid", "21x68x120", "--model", str(CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"),
-                  "-c", str(experiments / "t3_4k_wan22.yaml")])
+    alone = main(
+        [
+            "--grid",
+            "21x68x120",
+            "--model",
+            str(CONFIGS / "model" / "wan2.2_ti2v_5b.yaml"),
+            "-c",
+            str(experiments / "t3_4k_wan22.yaml"),
+        ]
+    )
     assert f"{rows['t3_4k_wan22'][2]} TFLOP" in alone  # the same whole-block total as its own report
 
 
@@ -116,32 +142,48 @@ def test_strategies_are_built_without_weight_memory():
 
 
 def test_configs_stack_as_fit_stacks_them(tmp_path):
-    """The reader is `fit`'s parser: a later file's init_args merge into the earlier class, a new class_path replaces
-    it, and signature defaults fill what no file sets."""
-    swin = tmp_path / "swin.yaml"
-    swin.write_text(yaml.safe_dump({"model": {"net": {"init_args": {"attention": {
-        "class_path": "ultragen.models.attention.SwinAttention", "init_args": {"windows": [[2, 2]]}}}}}}))
-    wider = tmp_path / "wider.yaml"
-    wider.write_text(yaml.safe_dump({"model": {"net": {"init_args": {"attention": {"init_args": {"shifts": [True]}}}}}}))
-    config = read_config([CONFIGS / "model" / "wan2.1_t2v_1.3b.yaml", CONFIGS / "experiments" / "ultragen_release.yaml",
-                          swin, wider])
+    """The reader is `fit`'s parser: a new class_path replaces the attention entry, a later file's options merge field
+    by field into the earlier ones, and signature defaults fill what no file sets."""
+    swin, shifted = tmp_path / "swin.yaml", tmp_path / "shifted.yaml"
+    swin.write_text(
+        "model: {net: {init_args: {attention: {class_path: ultragen.models.attention.SwinAttention,"
+        " init_args: {windows: {counts: [[2, 2]]}}}}}}"
+    )
+    shifted.write_text("model: {net: {init_args: {attention: {init_args: {windows: {shifts: [true]}}}}}}")
+    stack = [CONFIGS / "model" / "wan2.1_t2v_1.3b.yaml", CONFIGS / "experiments" / "ultragen_release.yaml"]
+    config = read_config([*stack, swin, shifted])
     attention = config.model.net.init_args.attention
-    assert attention.class_path.endswith("SwinAttention") and attention.init_args.windows == [[2, 2]]
-    assert attention.init_args.shifts == [True] and "local_windows" not in attention.init_args
+    assert attention.class_path.endswith("SwinAttention") and "local_windows" not in attention.init_args
+    assert attention.init_args.windows.counts == ((2, 2),) and attention.init_args.windows.shifts == (True,)
     assert config.model.net.init_args.full_attention_layers == [0, 1, 2, -3, -2, -1]  # kept from the experiment
     assert config.model.trainable == "all"  # VideoDiffusionModule's default
 
 
 def test_cli_prints_table_and_ratios(tmp_path, capsys):
     model = tmp_path / "model.yaml"
-    model.write_text(yaml.safe_dump({"model": {"net": {"class_path": "ultragen.models.wan.WanDiT",
-                                                       "init_args": {**WAN_13B, "ffn_dim": 8960}}}}))
-    cli(["cost", "--grid", "21x68x120", "--model", str(model), "-c", str(CONFIGS / "experiments" / "ultragen_release.yaml")])
+    model.write_text(
+        yaml.safe_dump(
+            {"model": {"net": {"class_path": "ultragen.models.wan.WanDiT", "init_args": {**WAN_13B, "ffn_dim": 8960}}}}
+        )
+    )
+    cli(
+        [
+            "cost",
+            "--grid",
+            "21x68x120",
+            "--model",
+            str(model),
+            "-c",
+            str(CONFIGS / "experiments" / "ultragen_release.yaml"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "grid 21x68x120 (N = 171,360)" in out
     assert len([line for line in out.splitlines() if "UltraGenAttention" in line]) == 24
     assert "attention maps only: 3.94x" in out and "3.18x" in out
-    out = main(["--grid", "21x68x120", "--model", "none", "-c", str(model), "-c", str(CONFIGS / "experiments" / "full.yaml")])
+    out = main(
+        ["--grid", "21x68x120", "--model", "none", "-c", str(model), "-c", str(CONFIGS / "experiments" / "full.yaml")]
+    )
     assert "attention maps only: 1.00x" in out
     with pytest.raises(SystemExit):
         main(["--grid", "21x68", "-c", str(model)])

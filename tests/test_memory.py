@@ -24,14 +24,18 @@ from ultragen.memory import (
 )
 from ultragen.models.attention import (
     AttentionContext,
+    CompressionOptions,
     FullAttention,
     GlobalCompressedAttention,
     HierarchicalAttention,
+    LoRAOptions,
     LocalWindowAttention,
     MultiScaleWindowAttention,
+    Padding,
     SwinAttention,
     UltraGenAttention,
     VideoGrid,
+    WindowOptions,
 )
 from ultragen.models.wan import WanDiT, sinusoidal_embedding
 
@@ -160,25 +164,29 @@ def saved_bytes(net: WanDiT, layer: int, grid: VideoGrid, dtype: torch.dtype, te
     return sum(size for ptr, size in second.items() if ptr not in first and ptr not in params)
 
 
-UG = dict(local_windows=[[2, 2], [3, 3]], hier_windows=[[2, 2], [3, 3]], global_factor=4, hier_factor=2, lora_rank=64)
+UG = dict(local_windows=WindowOptions(counts=[[2, 2], [3, 3]]), hier_windows=WindowOptions(counts=[[2, 2], [3, 3]]),
+          global_compression=CompressionOptions(factor=4), hier_compression=CompressionOptions(factor=2))
+REPLICATE, INTERPOLATE = Padding("replicate"), Padding("interpolate")
 AWKWARD, EVEN = VideoGrid(2, 7, 10), VideoGrid(3, 6, 8)
 STRATEGIES = {
     "full": (FullAttention, EVEN),
-    "ultragen-replicate": (partial(UltraGenAttention, pad="replicate", **UG), AWKWARD),
-    "ultragen-interpolate": (partial(UltraGenAttention, pad="interpolate", **UG), AWKWARD),
+    "ultragen-replicate": (partial(UltraGenAttention, padding=REPLICATE, **UG), AWKWARD),
+    "ultragen-interpolate": (partial(UltraGenAttention, padding=INTERPOLATE, **UG), AWKWARD),
     "ultragen-release": (
-        partial(UltraGenAttention, pad="interpolate", global_key_proj="q", lora_bias=True, **UG), AWKWARD
+        partial(UltraGenAttention, padding=INTERPOLATE, lora=LoRAOptions(bias=True),
+                **{**UG, "global_compression": CompressionOptions(factor=4, key_proj="q")}), AWKWARD
     ),
-    "ultragen-o-lora": (partial(UltraGenAttention, pad="replicate", lora_targets=["q", "k", "v", "o"], **UG),
+    "ultragen-o-lora": (partial(UltraGenAttention, padding=REPLICATE, lora=LoRAOptions(targets=["q", "k", "v", "o"]), **UG),
                         AWKWARD),
-    "ultragen-swin-no-global": (partial(UltraGenAttention, pad="replicate", local="swin", use_global=False, **UG),
+    "ultragen-swin-no-global": (partial(UltraGenAttention, padding=REPLICATE, use_global=False,
+                                        **{**UG, "local_windows": WindowOptions(counts=[[2, 2], [3, 3]], shifts=[False, True])}),
                                 EVEN),
-    "ultragen-no-local": (partial(UltraGenAttention, pad="replicate", use_local=False, **UG), AWKWARD),
-    "local": (partial(LocalWindowAttention, windows=[[2, 2], [3, 3]], pad="replicate"), AWKWARD),
-    "swin": (partial(SwinAttention, windows=[[2, 2]], pad="replicate"), AWKWARD),
-    "global": (partial(GlobalCompressedAttention, factor=4, lora_rank=64, pad="replicate"), AWKWARD),
-    "hierarchical": (partial(HierarchicalAttention, factor=2, lora_rank=64, pad="replicate"), AWKWARD),
-    "multiscale": (partial(MultiScaleWindowAttention, windows=[[1, 2, 2], [3, 2, 2]]), EVEN),
+    "ultragen-no-local": (partial(UltraGenAttention, padding=REPLICATE, use_local=False, **UG), AWKWARD),
+    "local": (partial(LocalWindowAttention, windows=WindowOptions(counts=[[2, 2], [3, 3]]), padding=REPLICATE), AWKWARD),
+    "swin": (partial(SwinAttention, windows=WindowOptions(counts=[[2, 2]], shifts=[False, True]), padding=REPLICATE), AWKWARD),
+    "global": (partial(GlobalCompressedAttention, compression=CompressionOptions(factor=4), padding=REPLICATE), AWKWARD),
+    "hierarchical": (partial(HierarchicalAttention, compression=CompressionOptions(factor=2), padding=REPLICATE), AWKWARD),
+    "multiscale": (partial(MultiScaleWindowAttention, windows=WindowOptions(counts=[[1, 2, 2], [3, 2, 2]])), EVEN),
 }
 
 
@@ -233,13 +241,13 @@ def test_sp_degree_halves_sequence_activations():
 def test_sp_keeps_the_gathered_global_plane_whole():
     grid, d = VideoGrid(3, 16, 16), 64
     with torch.device("meta"):
-        ultragen = UltraGenAttention(d, 4, 1, pad="replicate", **UG)
-        no_global = UltraGenAttention(d, 4, 1, pad="replicate", use_global=False, **UG)
+        ultragen = UltraGenAttention(d, 4, 1, padding=REPLICATE, **UG)
+        no_global = UltraGenAttention(d, 4, 1, padding=REPLICATE, use_global=False, **UG)
     assert attention_saved(no_global, grid, 2).act == pytest.approx(attention_saved(no_global, grid, 1).act / 2)
     plane = 3 * 4 * 4  # compressed by 4: the global branch's tokens on every rank
     halved = attention_saved(ultragen, grid, 1).act / 2
     assert attention_saved(ultragen, grid, 2).act > halved
-    assert attention_saved(ultragen, grid, 2).act - halved == pytest.approx((7 * d + 3 * UG["lora_rank"]) * plane / 2)
+    assert attention_saved(ultragen, grid, 2).act - halved == pytest.approx((7 * d + 3 * LoRAOptions().rank) * plane / 2)
 
 
 #################################################################################

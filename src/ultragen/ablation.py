@@ -84,7 +84,7 @@ def slug(name: str) -> str:
 
 def local_window_grids(base: str) -> list[list[int]]:
     """The full model's local window schedule from the base config: where window seams would appear."""
-    return read_config([base]).model.net.init_args.attention.init_args.local_windows
+    return [list(c) for c in read_config([base]).model.net.init_args.attention.init_args.local_windows.counts]
 
 
 def sampling_grid(model) -> VideoGrid:

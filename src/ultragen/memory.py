@@ -42,7 +42,7 @@ from ultragen.lit.config import build_network
 from ultragen.lit.recipe import DEFAULT_LORA_TARGETS, TRAINABLE, checkpoint_interval, select_trainable
 from ultragen.models.attention.base import AttentionStrategy, VideoGrid
 from ultragen.models.attention.full import FullAttention
-from ultragen.models.attention.global_compressed import Compression, GlobalCompressedAttention
+from ultragen.models.attention.global_compressed import GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.multiscale import MultiScaleWindowAttention
@@ -198,11 +198,12 @@ def compressed_saved(
         out_copy = plane * d if scaled and not identity else 0.0
         source = fit.source
     else:
-        plan = Compression.plan(grid, k, strategy.pad)
+        plan = strategy.plan(grid)
         tokens, out_copy, source = float(plan.compressed.numel), 0.0, plan.compressed
-    saved = attend(tokens, d, strategy.num_heads, shared_k=strategy.key_proj == "q")
-    pad = plan.padded.numel if strategy.pad == "replicate" and plan.padded != grid else 0
-    up = source.t * source.h * k * source.w * k if strategy.pad == "replicate" else grid.numel
+    saved = attend(tokens, d, strategy.num_heads, shared_k=strategy.compression.key_proj == "q")
+    replicate = strategy.padding.policy == "replicate"
+    pad = plan.padded.numel if replicate and plan.padded != grid else 0
+    up = source.t * source.h * k * source.w * k if replicate else grid.numel
     lora = strategy.lora or {}
     act = tokens * d  # the compressed tokens: input of q/k/v and of the LoRAs
     act += sum(lora[t].rank for t in lora) * tokens  # LoRA A outputs

@@ -7,7 +7,8 @@ import torch
 from ultragen.data.procedural import random_scene, render
 from ultragen.eval import seam_boundaries, seam_score, window_boundaries
 from ultragen.models.attention.base import VideoGrid
-from ultragen.models.attention.window import PlaneFit, WindowLayout
+from ultragen.models.attention.options import PlaneFit
+from ultragen.models.attention.window import WindowLayout
 
 
 def gradient_video(frames: int = 3, height: int = 64, width: int = 64) -> np.ndarray:

@@ -13,15 +13,16 @@ from safetensors.torch import load_file, save_file
 
 from ultragen.lit.export import export_dit, merge_lora
 from ultragen.lit.recipe import checkpoint_blocks, checkpoint_interval, select_trainable
-from ultragen.models.attention import UltraGenAttention
+from ultragen.models.attention import LoRAOptions, Padding, UltraGenAttention, WindowOptions
 from ultragen.models.wan import WanDiT
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_ultragen_dit() -> WanDiT:
-    attention = partial(UltraGenAttention, local_windows=[[2, 2], [3, 3]], hier_windows=[[2, 2], [3, 3]],
-                        global_factor=4, hier_factor=2, lora_rank=8, pad="replicate")
+    attention = partial(UltraGenAttention, local_windows=WindowOptions(counts=[[2, 2], [3, 3]]),
+                        hier_windows=WindowOptions(counts=[[2, 2], [3, 3]]), lora=LoRAOptions(rank=8),
+                        padding=Padding("replicate"))
 
     torch.manual_seed(0)
     net = WanDiT(8, 12, dim=32, ffn_dim=64, num_heads=2, num_layers=4, freq_dim=64, attention=attention,

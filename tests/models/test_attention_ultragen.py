@@ -10,22 +10,43 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_attention_windows import DIM, HEADS, inputs, layer, make_ctx, pre_o, window_ids
+from test_attention_windows import (
+    DIM,
+    HEADS,
+    inputs,
+    layer,
+    make_ctx,
+    pre_o,
+    window_ids,
+)
 
-from ultragen.models.attention import FullAttention, VideoGrid
+from ultragen.lit.config import layer_strategies, read_config
+from ultragen.models.attention import (
+    CompressionOptions,
+    FullAttention,
+    LoRAOptions,
+    Padding,
+    VideoGrid,
+    WindowOptions,
+)
 from ultragen.models.attention.global_compressed import GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
-from ultragen.models.attention.window import SwinAttention
 from ultragen.models.wan import WanDiT
 
 CONFIGS = Path(__file__).parents[2] / "configs" / "experiments"
 EXPERIMENTS = sorted(CONFIGS.glob("*.yaml"))
 TINY_NET = dict(dim=DIM, ffn_dim=64, num_heads=HEADS, num_layers=30, freq_dim=256)
-RELEASE = dict(
-    global_key_proj="q", lora_bias=True, lora_init_b="kaiming", window_rope="window", pad="interpolate",
-    up_init="box", gate_weights="local",
+RELEASE = dict(  # every release-compatibility option (LoRA rank shrunk to 4)
+    local_windows=WindowOptions(counts=[[4, 4], [5, 5]], rope="window"),
+    hier_windows=WindowOptions(counts=[[2, 2], [3, 3]], rope="window"),
+    hier_compression=CompressionOptions(factor=2, up_init="box"),
+    global_compression=CompressionOptions(factor=4, key_proj="q", up_init="box"),
+    lora=LoRAOptions(rank=4, bias=True, init_b="kaiming"),
+    padding=Padding("interpolate"),
+    gate_weights="local",
 )
+KAIMING = LoRAOptions(rank=4, init_b="kaiming")
 
 
 def saturate(gate, value: float) -> None:
@@ -39,8 +60,17 @@ def test_degenerate_ultragen_equals_full_attention(use):
     grid = VideoGrid(2, 5, 6)
     x, ctx = inputs(grid), make_ctx(grid)
     switches = dict(zip(("use_local", "use_hierarchical", "use_global"), map(bool, use)))
-    strategy = UltraGenAttention(DIM, HEADS, 0, local_windows=[[1, 1]], global_factor=1, hier_factor=1,
-                                 hier_windows=[[1, 1]], lora_rank=4, **switches)
+    strategy = UltraGenAttention(
+        DIM,
+        HEADS,
+        0,
+        lora=LoRAOptions(rank=4),
+        local_windows=WindowOptions(counts=[[1, 1]]),
+        hier_windows=WindowOptions(counts=[[1, 1]]),
+        hier_compression=CompressionOptions(factor=1),
+        global_compression=CompressionOptions(factor=1),
+        **switches,
+    )
     for gate in (strategy.gate_global, strategy.gate_local):  # any gate values: every branch is full attention
         if gate is not None:
             torch.nn.init.normal_(gate.projection[1].weight, std=0.1)
@@ -56,7 +86,7 @@ def test_degenerate_ultragen_equals_full_attention(use):
 def test_saturated_gates_select_one_branch(orientation):
     grid = VideoGrid(2, 8, 8)
     x = inputs(grid)
-    kw = dict(local_windows=[[2, 2]], hier_windows=[[2, 2]], lora_rank=4, lora_init_b="kaiming")
+    kw = dict(local_windows=WindowOptions(counts=[[2, 2]]), hier_windows=WindowOptions(counts=[[2, 2]]), lora=KAIMING)
     kw["gate_weights"] = orientation
     attn = layer(UltraGenAttention(DIM, HEADS, 0, **kw))
     s = attn.strategy
@@ -75,11 +105,13 @@ def test_saturated_gates_select_one_branch(orientation):
 def test_gates_start_at_half_and_orientations_convert_by_negation():
     grid = VideoGrid(2, 4, 4)
     x = inputs(grid)
-    kw = dict(local_windows=[[2, 2]], hier_windows=[[1, 1]], lora_rank=4, lora_init_b="kaiming")
+    kw = dict(local_windows=WindowOptions(counts=[[2, 2]]), hier_windows=WindowOptions(counts=[[1, 1]]), lora=KAIMING)
     paper, release = layer(UltraGenAttention(DIM, HEADS, 0, **kw)), layer(UltraGenAttention(DIM, HEADS, 0, **kw))
     values = paper.strategy.gate_values(make_ctx(grid).timestep_freq)
-    torch.testing.assert_close(values, {"global": torch.full((2,), 0.5), "hierarchical": torch.full((2,), 0.25),
-                                        "local": torch.full((2,), 0.25)})
+    torch.testing.assert_close(
+        values,
+        {"global": torch.full((2,), 0.5), "hierarchical": torch.full((2,), 0.25), "local": torch.full((2,), 0.25)},
+    )
     torch.manual_seed(3)
     for gate in ("gate_global", "gate_local"):
         for p in getattr(paper.strategy, gate).parameters():
@@ -93,19 +125,19 @@ def test_gates_start_at_half_and_orientations_convert_by_negation():
 
 
 def test_ablation_switches_build_the_right_branches():
-    s = UltraGenAttention(DIM, HEADS, 1, use_global=False, lora_rank=4)
+    s = UltraGenAttention(DIM, HEADS, 1, use_global=False, lora=LoRAOptions(rank=4))
     assert s.global_branch is None and s.gate_global is None and isinstance(s.hier_branch, HierarchicalAttention)
-    s = UltraGenAttention(DIM, HEADS, 1, use_hierarchical=False, lora_rank=4)
+    s = UltraGenAttention(DIM, HEADS, 1, use_hierarchical=False, lora=LoRAOptions(rank=4))
     assert s.hier_branch is None and s.gate_local is None and isinstance(s.global_branch, GlobalCompressedAttention)
-    s = UltraGenAttention(DIM, HEADS, 1, use_local=False, lora_rank=4)
+    s = UltraGenAttention(DIM, HEADS, 1, use_local=False, lora=LoRAOptions(rank=4))
     assert s.local_branch is None and s.gate_local is None and s.gate_global is not None
     with pytest.raises(ValueError, match="keep at least one branch"):
         UltraGenAttention(DIM, HEADS, 1, use_local=False, use_global=False, use_hierarchical=False)
-    s = UltraGenAttention(DIM, HEADS, 1, use_lora=False)
+    s = UltraGenAttention(DIM, HEADS, 1, lora=LoRAOptions(rank=0))
     assert s.global_branch.lora is None and s.hier_branch.lora is None
-    s = UltraGenAttention(DIM, HEADS, 1, local="swin", local_windows=[[4, 4]])
-    assert isinstance(s.local_branch, SwinAttention) and s.local_branch.shifted
-    s = UltraGenAttention(DIM, HEADS, 3, lora_rank=4)
+    s = UltraGenAttention(DIM, HEADS, 1, local_windows=WindowOptions(counts=[[4, 4]], shifts=[False, True]))
+    assert s.local_branch.shifted and not UltraGenAttention(DIM, HEADS, 1).local_branch.shifted
+    s = UltraGenAttention(DIM, HEADS, 3, lora=LoRAOptions(rank=4))
     assert s.local_branch.window_grid == (5, 5) and s.hier_branch.window_grid == (3, 3)
     assert "branches=['local', 'hierarchical', 'global']" in repr(s) and "windows=5x5" in repr(s)
 
@@ -117,17 +149,27 @@ def test_global_branch_breaks_locality_only_when_enabled():
     y = x.clone()
     y[:, ~inside] += torch.randn_like(y[:, ~inside])
     for use_global, local_only in ((False, True), (True, False)):
-        s = UltraGenAttention(DIM, HEADS, 0, local_windows=[[2, 2]], use_hierarchical=False, use_global=use_global,
-                              global_factor=2, lora_rank=4)
+        s = UltraGenAttention(
+            DIM,
+            HEADS,
+            0,
+            use_hierarchical=False,
+            use_global=use_global,
+            lora=LoRAOptions(rank=4),
+            local_windows=WindowOptions(counts=[[2, 2]]),
+            global_compression=CompressionOptions(factor=2),
+        )
         attn = layer(s)
         same = torch.allclose(attn(x, ctx)[:, inside], attn(y, ctx)[:, inside], atol=1e-6)
         assert same is local_only
 
 
-@pytest.mark.parametrize("flags", [dict(pad="replicate"), RELEASE], ids=["replicate", "release"])
+@pytest.mark.parametrize(
+    "flags", [dict(padding=Padding("replicate"), lora=KAIMING), RELEASE], ids=["replicate", "release"]
+)
 def test_batch_elements_are_independent(flags):
     grid = VideoGrid(2, 7, 10)
-    attn = layer(UltraGenAttention(DIM, HEADS, 1, lora_rank=4, **{"lora_init_b": "kaiming", **flags}))
+    attn = layer(UltraGenAttention(DIM, HEADS, 1, **flags))
     x, ctx = inputs(grid, batch=3), make_ctx(grid, batch=3)
     both = attn(x, ctx)
     for b in range(3):
@@ -142,8 +184,13 @@ def tiny_dit(attention, **kw) -> WanDiT:
 
 
 def test_gradients_reach_every_strategy_parameter():
-    attention = partial(UltraGenAttention, local_windows=[[2, 2], [3, 3]], hier_windows=[[1, 1], [2, 2]], lora_rank=4,
-                        pad="replicate", lora_targets=["q", "k", "v", "o"])
+    attention = partial(
+        UltraGenAttention,
+        local_windows=WindowOptions(counts=[[2, 2], [3, 3]]),
+        hier_windows=WindowOptions(counts=[[1, 1], [2, 2]]),
+        padding=Padding("replicate"),
+        lora=LoRAOptions(rank=4, targets=["q", "k", "v", "o"]),
+    )
     net = tiny_dit(attention, full_attention_layers=[0])
     x, t, text = torch.randn(2, 4, 2, 12, 12), torch.tensor([100.0, 900.0]), torch.randn(2, 3, 8)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -160,7 +207,7 @@ def test_gradients_reach_every_strategy_parameter():
 
 def test_plain_wan_state_dict_loads_with_only_strategy_keys_missing():
     wan = tiny_dit(FullAttention)
-    net = tiny_dit(partial(UltraGenAttention, lora_rank=4, **RELEASE), full_attention_layers=[0, 3])
+    net = tiny_dit(partial(UltraGenAttention, **RELEASE), full_attention_layers=[0, 3])
     missing, unexpected = net.load_state_dict(wan.state_dict(), strict=False)
     assert not unexpected and missing and all(".self_attn.strategy." in k for k in missing)
     assert {k.split(".")[1] for k in missing} == {"1", "2"}
@@ -193,20 +240,22 @@ def test_experiment_yaml_builds_a_tiny_dit(path):
 
 
 def test_ablation_yamls_differ_from_the_1080p_preset_only_in_their_switch():
-    def attention(stem):
-        return yaml.safe_load((CONFIGS / f"{stem}.yaml").read_text())["model"]["net"]["init_args"]["attention"]
+    def strategy(stem):  # block 3 of the experiment stacked on Wan2.1-1.3B, at the test width
+        config = read_config([CONFIGS.parent / "model" / "wan2.1_t2v_1.3b.yaml", CONFIGS / f"{stem}.yaml"])
+        return layer_strategies(config, dim=DIM, num_heads=HEADS, device="cpu")[3]
 
-    base = UltraGenAttention(DIM, HEADS, 3, **attention("ultragen_1080p")["init_args"])
+    base = strategy("ultragen_1080p")
     for stem, check in {
         "ablation_no_global": lambda s: s.global_branch is None,
         "ablation_no_hierarchical": lambda s: s.hier_branch is None,
         "ablation_no_lora": lambda s: s.global_branch.lora is None,
-        "ablation_no_cross_window": lambda s: (s.local_branch.windows, s.hier_branch.windows) == (((4, 4),), ((2, 2),)),
-        "ablation_swin_local": lambda s: isinstance(s.local_branch, SwinAttention),
+        "ablation_no_cross_window": lambda s: (s.local_branch.windows.counts, s.hier_branch.windows.counts)
+        == (((4, 4),), ((2, 2),)),
+        "ablation_swin_local": lambda s: s.local_branch.shifted,
     }.items():
-        s = UltraGenAttention(DIM, HEADS, 3, **attention(stem)["init_args"])
+        s = strategy(stem)
         assert check(s) and not check(base), stem
-        assert s.local_branch.pad == base.local_branch.pad == "replicate"
+        assert s.local_branch.padding.policy == base.local_branch.padding.policy == "replicate"
 
 
 #################################################################################
@@ -219,8 +268,16 @@ class GatedModule(L.LightningModule):
 
     def __init__(self):
         super().__init__()
-        self.net = tiny_dit(partial(UltraGenAttention, local_windows=[[2, 2]], hier_windows=[[1, 1]], lora_rank=4,
-                                    lora_init_b="kaiming"), num_layers=2, full_attention_layers=[0])
+        self.net = tiny_dit(
+            partial(
+                UltraGenAttention,
+                local_windows=WindowOptions(counts=[[2, 2]]),
+                hier_windows=WindowOptions(counts=[[1, 1]]),
+                lora=KAIMING,
+            ),
+            num_layers=2,
+            full_attention_layers=[0],
+        )
 
     def step(self, batch):
         x = torch.randn(1, 4, 1, 8, 8)
@@ -244,9 +301,16 @@ def test_gate_logger_writes_layer_scalars_and_timestep_sweep(tmp_path):
     loader = torch.utils.data.DataLoader(torch.arange(1, 5), batch_size=1)
     logger = TensorBoardLogger(tmp_path, name="gates")
     trainer = L.Trainer(
-        max_steps=2, logger=logger, callbacks=[GateLogger(timesteps=[0, 500, 1000])], accelerator="cpu",
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=1, val_check_interval=2,
+        max_steps=2,
+        logger=logger,
+        callbacks=[GateLogger(timesteps=[0, 500, 1000])],
+        accelerator="cpu",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        val_check_interval=2,
     )
     module = GatedModule()
     trainer.fit(module, loader, loader)

@@ -4,9 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultragen.models.attention import AttentionContext, FullAttention, VideoGrid
+from ultragen.models.attention import (
+    AttentionContext,
+    FullAttention,
+    Padding,
+    VideoGrid,
+    WindowOptions,
+)
 from ultragen.models.attention.multiscale import MultiScaleWindowAttention
-from ultragen.models.attention.window import LocalWindowAttention, SwinAttention, nearest_multiple
+from ultragen.models.attention.options import nearest_multiple
+from ultragen.models.attention.window import LocalWindowAttention, SwinAttention
 from ultragen.models.blocks import SelfAttention
 from ultragen.models.rope import RotaryTables, apply_rope
 from ultragen.models.wan import sinusoidal_embedding
@@ -89,14 +96,14 @@ def test_one_window_equals_full_attention(rope):
     grid = VideoGrid(3, 5, 7)
     x, ctx = inputs(grid), make_ctx(grid)
     expected = layer(FullAttention(DIM, HEADS, 0))(x, ctx)
-    got = layer(LocalWindowAttention(DIM, HEADS, 0, windows=[[1, 1]], rope=rope))(x, ctx)
+    got = layer(LocalWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[1, 1]], rope=rope)))(x, ctx)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layer_idx,nh,nw", [(0, 2, 2), (1, 3, 4)])
 def test_windows_cycle_per_layer_and_match_masked_attention(layer_idx, nh, nw):
     grid = VideoGrid(2, 6, 8)
-    attn = layer(LocalWindowAttention(DIM, HEADS, layer_idx, windows=[[2, 2], [3, 4]]))
+    attn = layer(LocalWindowAttention(DIM, HEADS, layer_idx, windows=WindowOptions(counts=[[2, 2], [3, 4]])))
     assert attn.strategy.window_grid == (nh, nw)
     x = inputs(grid)
     expected = masked_reference(attn, x, grid, [window_ids(grid, nh, nw)])
@@ -105,14 +112,14 @@ def test_windows_cycle_per_layer_and_match_masked_attention(layer_idx, nh, nw):
 
 def test_window_rope_restarts_in_every_window():
     grid = VideoGrid(2, 6, 8)
-    attn = layer(LocalWindowAttention(DIM, HEADS, 0, windows=[[2, 4]], rope="window"))
+    attn = layer(LocalWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[2, 4]], rope="window")))
     x = inputs(grid)
     torch.testing.assert_close(pre_o(attn, x, grid), per_window_full(attn, x, grid, 2, 4), rtol=1e-5, atol=1e-5)
 
 
 def test_perturbing_outside_a_window_leaves_it_unchanged():
     grid = VideoGrid(2, 6, 8)
-    attn = layer(LocalWindowAttention(DIM, HEADS, 0, windows=[[2, 2]]))
+    attn = layer(LocalWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[2, 2]])))
     x, ctx = inputs(grid), make_ctx(grid)
     inside = (window_ids(grid, 2, 2) == 0).reshape(-1)
     y = x.clone()
@@ -124,8 +131,8 @@ def test_perturbing_outside_a_window_leaves_it_unchanged():
 
 @pytest.mark.parametrize("grid", [VideoGrid(2, 7, 11), VideoGrid(1, 13, 5), VideoGrid(3, 9, 10)])
 def test_awkward_grids_error_names_grid_windows_and_fix(grid):
-    attn = layer(LocalWindowAttention(DIM, HEADS, 0, windows=[[4, 4]]))
-    with pytest.raises(ValueError, match=rf"token grid {grid}.*window grid 4x4.*pad: replicate \| interpolate"):
+    attn = layer(LocalWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[4, 4]])))
+    with pytest.raises(ValueError, match=rf"token grid {grid}.*window grid 4x4.*padding: {{policy: replicate}} \(or interpolate\)"):
         attn(inputs(grid), make_ctx(grid))
 
 
@@ -139,7 +146,11 @@ def replicate_pad(x: torch.Tensor, grid: VideoGrid, h: int, w: int) -> torch.Ten
 
 @pytest.mark.parametrize("grid", [VideoGrid(2, 7, 11), VideoGrid(1, 13, 5)])
 def test_replicate_pad_equals_explicit_edge_padding(grid):
-    attn = layer(LocalWindowAttention(DIM, HEADS, 0, windows=[[2, 3]], rope="window", pad="replicate"))
+    attn = layer(
+        LocalWindowAttention(
+            DIM, HEADS, 0, padding=Padding("replicate"), windows=WindowOptions(counts=[[2, 3]], rope="window")
+        )
+    )
     x = inputs(grid)
     h, w = -(-grid.h // 2) * 2, -(-grid.w // 3) * 3
     padded = VideoGrid(grid.t, h, w)
@@ -157,7 +168,11 @@ def resize(x: torch.Tensor, grid: VideoGrid, h: int, w: int) -> torch.Tensor:
 
 def test_interpolate_reproduces_the_released_resize():
     grid = VideoGrid(2, 7, 11)  # 2x3 windows: 7 -> 6 (a tie goes down), 11 -> 12
-    attn = layer(LocalWindowAttention(DIM, HEADS, 0, windows=[[2, 3]], rope="window", pad="interpolate"))
+    attn = layer(
+        LocalWindowAttention(
+            DIM, HEADS, 0, padding=Padding("interpolate"), windows=WindowOptions(counts=[[2, 3]], rope="window")
+        )
+    )
     x = inputs(grid)
     work = VideoGrid(2, 6, 12)
     expected = resize(per_window_full(attn, resize(x, grid, 6, 12), work, 2, 3), work, 7, 11)
@@ -166,7 +181,13 @@ def test_interpolate_reproduces_the_released_resize():
 
 def test_nearest_multiple_matches_release_examples():
     assert [nearest_multiple(s, m) for s, m in [(68, 5), (34, 3), (135, 4), (67, 2), (67, 3), (2, 4), (6, 4)]] == [
-        70, 33, 136, 66, 66, 4, 4,
+        70,
+        33,
+        136,
+        66,
+        66,
+        4,
+        4,
     ]
 
 
@@ -189,7 +210,7 @@ def swin_ids(grid: VideoGrid, nh: int, nw: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("grid,nh,nw", [(VideoGrid(2, 8, 8), 2, 2), (VideoGrid(1, 9, 12), 3, 2)])
 def test_swin_shifted_windows_match_masked_cyclic_shift(grid, nh, nw):
-    attn = layer(SwinAttention(DIM, HEADS, 1, windows=[[nh, nw]], shifts=[False, True]))
+    attn = layer(SwinAttention(DIM, HEADS, 1, windows=WindowOptions(counts=[[nh, nw]], shifts=[False, True])))
     assert attn.strategy.shifted
     x = inputs(grid)
     expected = masked_reference(attn, x, grid, [swin_ids(grid, nh, nw)])
@@ -199,8 +220,8 @@ def test_swin_shifted_windows_match_masked_cyclic_shift(grid, nh, nw):
 def test_swin_unshifted_layer_equals_local_windows():
     grid = VideoGrid(2, 8, 8)
     x, ctx = inputs(grid), make_ctx(grid)
-    swin = layer(SwinAttention(DIM, HEADS, 0, windows=[[2, 2]]))
-    local = layer(LocalWindowAttention(DIM, HEADS, 0, windows=[[2, 2]]))
+    swin = layer(SwinAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[2, 2]], shifts=[False, True])))
+    local = layer(LocalWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[2, 2]])))
     torch.testing.assert_close(swin(x, ctx), local(x, ctx))
     assert "shifted=False" in repr(swin.strategy) and "windows=2x2" in repr(swin.strategy)
 
@@ -214,13 +235,19 @@ def test_t3_one_window_equals_full_attention():
     grid = VideoGrid(3, 4, 6)
     x, ctx = inputs(grid), make_ctx(grid)
     expected = layer(FullAttention(DIM, HEADS, 0))(x, ctx)
-    torch.testing.assert_close(layer(MultiScaleWindowAttention(DIM, HEADS, 0, windows=[[1, 1, 1]]))(x, ctx), expected)
+    torch.testing.assert_close(
+        layer(MultiScaleWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[1, 1, 1]])))(x, ctx), expected
+    )
 
 
 @pytest.mark.parametrize("layer_idx,counts", [(0, (2, 1, 1)), (1, (1, 2, 3)), (2, (3, 2, 2))])
 def test_t3_close_and_remote_windows_averaged(layer_idx, counts):
     grid = VideoGrid(6, 4, 6)
-    attn = layer(MultiScaleWindowAttention(DIM, HEADS, layer_idx, windows=[[2, 1, 1], [1, 2, 3], [3, 2, 2]]))
+    attn = layer(
+        MultiScaleWindowAttention(
+            DIM, HEADS, layer_idx, windows=WindowOptions(counts=[[2, 1, 1], [1, 2, 3], [3, 2, 2]])
+        )
+    )
     assert attn.strategy.counts == counts
     t, r, c = coords(grid)
     n = counts
@@ -234,17 +261,21 @@ def test_t3_close_and_remote_windows_averaged(layer_idx, counts):
 
 def test_t3_rejects_non_dividing_counts():
     grid = VideoGrid(5, 4, 6)
-    attn = layer(MultiScaleWindowAttention(DIM, HEADS, 0, windows=[[2, 2, 2]]))
+    attn = layer(MultiScaleWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[2, 2, 2]])))
     with pytest.raises(ValueError, match=r"token grid 5x4x6 .* window counts 2x2x2 of layer 0"):
         attn(inputs(grid), make_ctx(grid))
 
 
 def test_bad_window_options_raise():
-    with pytest.raises(ValueError, match=r"windows entry \[4\] must be 2 positive"):
-        LocalWindowAttention(DIM, HEADS, 0, windows=[[4]])
-    with pytest.raises(ValueError, match="pad='zeros' is not supported"):
-        LocalWindowAttention(DIM, HEADS, 0, pad="zeros")
-    with pytest.raises(ValueError, match="rope='relative' is not supported"):
-        SwinAttention(DIM, HEADS, 0, rope="relative")
-    with pytest.raises(ValueError, match="windows is empty"):
-        MultiScaleWindowAttention(DIM, HEADS, 0, windows=[])
+    with pytest.raises(ValueError, match=r"windows.counts entry \[4\] must be 2 or 3 positive"):
+        WindowOptions(counts=[[4]])
+    with pytest.raises(ValueError, match=r"windows.counts \[\[1, 4, 4\]\]: this strategy takes 2 counts per layer"):
+        LocalWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[1, 4, 4]]))
+    with pytest.raises(ValueError, match="padding.policy='zeros' is not supported"):
+        Padding("zeros")
+    with pytest.raises(ValueError, match="windows.rope='relative' is not supported"):
+        WindowOptions(counts=[[4, 4]], rope="relative")
+    with pytest.raises(ValueError, match="T3 windows keep global RoPE and do not shift"):
+        MultiScaleWindowAttention(DIM, HEADS, 0, windows=WindowOptions(counts=[[1, 2, 2]], shifts=[True]))
+    with pytest.raises(ValueError, match="windows.counts is empty"):
+        WindowOptions(counts=[])

@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import torch
 
-from ultragen.models.attention import attention
+from ultragen.models.attention import LoRAOptions, Padding, attention
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.wan import WanDiT
 
@@ -23,7 +23,7 @@ def test_ultragen_dit_matches_cpu_on_cuda():
     def build():
         torch.manual_seed(0)
         net = WanDiT(16, 32, dim=128, ffn_dim=256, num_heads=2, num_layers=3, full_attention_layers=[0],
-                     attention=partial(UltraGenAttention, lora_rank=8, pad="replicate"))
+                     attention=partial(UltraGenAttention, lora=LoRAOptions(rank=8), padding=Padding("replicate")))
         torch.nn.init.normal_(net.head.head.weight, std=0.1)  # Wan zero-inits the head; make the output informative
         return net
 

@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from ultragen.models.attention import AttentionStrategy, FullAttention, VideoGrid, attention
+from ultragen.models.attention import (
+    AttentionStrategy,
+    CompressionOptions,
+    FullAttention,
+    LoRAOptions,
+    Padding,
+    VideoGrid,
+    WindowOptions,
+    attention,
+)
 from ultragen.models.rope import RotaryTables, apply_rope
 from ultragen.models.wan import WanDiT, masked_mean, sincos_position_embedding, sinusoidal_embedding
 
@@ -184,8 +193,9 @@ def test_ultragen_gates_read_the_clips_noise_level_under_per_token_timesteps():
 
     from ultragen.models.attention import UltraGenAttention
 
-    strategy = partial(UltraGenAttention, local_windows=[[2, 2]], hier_windows=[[2, 2]], global_factor=2,
-                       hier_factor=2, lora_rank=4, pad="replicate")
+    strategy = partial(UltraGenAttention, local_windows=WindowOptions(counts=[[2, 2]]),
+                       hier_windows=WindowOptions(counts=[[2, 2]]), global_compression=CompressionOptions(factor=2),
+                       lora=LoRAOptions(rank=4), padding=Padding("replicate"))
     net = tiny_dit(attention=strategy)
     seen = []
     net.blocks[1].self_attn.strategy.register_forward_pre_hook(lambda m, args: seen.append(args[2].timestep_freq))

@@ -11,20 +11,21 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from ultragen.models.attention import SwinAttention, UltraGenAttention
+from ultragen.models.attention import LoRAOptions, Padding, SwinAttention, UltraGenAttention, WindowOptions
 from ultragen.models.wan import WanDiT
 from ultragen.parallel.sequence import apply_sequence_parallel
 
 NET = dict(in_dim=4, text_dim=12, dim=32, ffn_dim=64, num_heads=4, num_layers=3, freq_dim=16)
-UG = dict(local_windows=[[2, 2], [3, 3]], hier_windows=[[2, 2], [3, 3]], global_factor=4, hier_factor=2, lora_rank=4,
-          lora_targets=["q", "k", "v", "o"], pad="replicate")
+UG = dict(local_windows=WindowOptions(counts=[[2, 2], [3, 3]]), hier_windows=WindowOptions(counts=[[2, 2], [3, 3]]),
+          lora=LoRAOptions(rank=4, targets=["q", "k", "v", "o"]), padding=Padding("replicate"))
 CASES = {  # name: (network options, latent (F, H, W) -> token grid F x H/2 x W/2, per-token timesteps)
     "full": ({}, (3, 10, 14), False),  # 3x5x7 = 105 tokens: the last rank holds one padding token
     "ultragen": (dict(attention=partial(UltraGenAttention, **UG), full_attention_layers=[0]), (3, 10, 14), True),
     "ultragen-interpolate-global": (  # the compressed branches keep the release's pad policy under the split
-        dict(attention=partial(UltraGenAttention, **{**UG, "pad": "interpolate", "local_windows": [[1, 1]]}),
+        dict(attention=partial(UltraGenAttention, **{**UG, "padding": Padding("interpolate"),
+                                                        "local_windows": WindowOptions(counts=[[1, 1]])}),
              full_attention_layers=[0]), (2, 10, 14), False),
-    "swin": (dict(attention=partial(SwinAttention, windows=[[2, 2]], pad="replicate")), (2, 10, 14), False),
+    "swin": (dict(attention=partial(SwinAttention, padding=Padding("replicate"))), (2, 10, 14), False),
 }
 
 

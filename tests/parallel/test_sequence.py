@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ultragen.models.attention import AttentionContext, LocalWindowAttention, MultiScaleWindowAttention, VideoGrid
+from ultragen.models.attention import (
+    AttentionContext,
+    LocalWindowAttention,
+    MultiScaleWindowAttention,
+    Padding,
+    VideoGrid,
+    WindowOptions,
+)
 from ultragen.models.blocks import SelfAttention
 from ultragen.models.wan import WanDiT
 from ultragen.parallel.sequence import check_sequence_parallel, windows_forward
@@ -59,17 +66,17 @@ def test_indivisible_head_count_is_named():
 
 def test_strategy_without_split_forward_is_named():
     net = WanDiT(4, 12, dim=24, ffn_dim=48, num_heads=2, num_layers=2,
-                 attention=partial(MultiScaleWindowAttention, windows=[[1, 2, 2]]))
+                 attention=partial(MultiScaleWindowAttention, windows=WindowOptions(counts=[[1, 2, 2]])))
     with pytest.raises(ValueError, match="no split forward for MultiScaleWindowAttention"):
         check_sequence_parallel(net, 2)
 
 
 def test_resampled_local_windows_are_refused():
-    """pad=interpolate resizes the token plane before the q/k norms: a split cannot reproduce it, so it raises."""
-    strategy = LocalWindowAttention(24, 2, 0, windows=[[2, 2]], pad="interpolate")
+    """Interpolate padding resizes the token plane before the q/k norms: a split cannot reproduce it, so it raises."""
+    strategy = LocalWindowAttention(24, 2, 0, windows=WindowOptions(counts=[[2, 2]]), padding=Padding("interpolate"))
     attn = SelfAttention(24, 2, strategy)
     ctx = AttentionContext(VideoGrid(1, 5, 5), WanDiT(4, 12, 24, 48, 2, 1).rope, torch.zeros(1, 256))
-    with pytest.raises(ValueError, match="pad=interpolate resizes the 1x5x5 token grid.*use pad: replicate"):
+    with pytest.raises(ValueError, match="policy interpolate resizes the 1x5x5 token grid.*use padding: {policy: replicate}"):
         windows_forward(strategy, None, attn, torch.randn(1, 13, 24), ctx)
 
 

@@ -27,7 +27,7 @@ import torchvision
 from torch import Tensor, nn
 from torchmetrics.functional.image.lpips import _NoTrainLpips
 
-from ultragen.models.attention.window import check_choice
+from ultragen.models.attention.options import check_choice
 
 LpipsNet = Literal["alex", "vgg", "squeeze"]
 FvdBackbone = Literal["i3d", "r3d_18"]

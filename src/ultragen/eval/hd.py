@@ -40,7 +40,7 @@ from torchmetrics.image.fid import _compute_fid
 
 from ultragen.eval.features import FvdBackbone, LpipsNet
 from ultragen.eval.objects import Video
-from ultragen.models.attention.window import check_choice
+from ultragen.models.attention.options import check_choice
 
 DownKernel = Literal["area", "bicubic"]
 UpKernel = Literal["bicubic", "bilinear"]

@@ -26,7 +26,7 @@ import numpy as np
 
 from ultragen.eval.objects import Video, frames_layout
 from ultragen.models.attention.base import VideoGrid
-from ultragen.models.attention.window import PAD_POLICIES, PadPolicy, PlaneFit, check_choice, window_schedule
+from ultragen.models.attention.options import PAD_POLICIES, PadPolicy, PlaneFit, WindowOptions, check_choice
 
 EPS = 1e-6
 
@@ -52,7 +52,7 @@ def seam_boundaries(
     pad: PadPolicy = "replicate",
 ) -> tuple[list[int], list[int]]:
     """Pixel rows and columns where a window of any (rows, cols) grid of the schedule starts, for a token plane."""
-    grids = window_schedule("window_grids", window_grids, 2)
+    grids = WindowOptions(counts=window_grids).check_size(2).counts
     py, px = pixels_per_token
     rows = {b * py for nh, _ in grids for b in window_boundaries(grid_h, nh, pad)}
     cols = {b * px for _, nw in grids for b in window_boundaries(grid_w, nw, pad)}

@@ -42,7 +42,7 @@ from ultragen.models.attention import (
     LocalWindowAttention,
     UltraGenAttention,
 )
-from ultragen.models.attention.global_compressed import Compression
+from ultragen.models.attention.options import Compression
 from ultragen.models.attention.window import attend_windows, plane_rotary
 from ultragen.models.rope import apply_rope
 from ultragen.models.wan import WanDiT
@@ -221,14 +221,15 @@ def windows_forward(
     fit = strategy.fit(ctx.grid)
     if fit.resamples:
         raise ValueError(
-            f"pad=interpolate resizes the {ctx.grid} token grid before the q/k norms, which sequence parallelism "
-            "cannot split; use pad: replicate (or a grid the windows divide) with sp_degree > 1"
+            f"padding policy interpolate resizes the {ctx.grid} token grid before the q/k norms, which sequence "
+            "parallelism cannot split; use padding: {policy: replicate} (or a grid the windows divide) with "
+            "sp_degree > 1"
         )
     qkv = shards.to_heads(torch.stack(attn.qkv(x), dim=2), dim=3)  # (B, N, 3, H/sp, D)
     b, _, _, h, d = qkv.shape
     out = attend_windows(
         qkv.reshape(b, *ctx.grid, 3 * h * d), lambda tokens: tokens.unflatten(-1, (3, h, d)).unbind(2), fit,
-        strategy.window_grid, ctx.rope, strategy.rope, strategy.backend, strategy.shifted,
+        strategy.window_grid, ctx.rope, strategy.windows.rope, strategy.backend, strategy.shifted,
     )  # (B, N, H/sp·D)
     return shards.to_tokens(out.unflatten(-1, (h, d)), dim=2).flatten(2)
 
@@ -241,7 +242,7 @@ def compressed_plane(
     b, c = x.shape[0], branch.dim
     channels = shards.channels(c)
     heads = shards.heads(branch.num_heads)
-    plan = Compression.plan(ctx.grid, branch.factor, branch.pad)
+    plan = branch.plan(ctx.grid)
     share = shards.to_heads(x, dim=2).reshape(b, *ctx.grid, -1)  # (B, T, H, W, C/sp): all tokens, own channels
     down = partial(F.conv2d, weight=branch.down.weight[channels], bias=branch.down.bias[channels],
                    stride=branch.factor, groups=share.shape[-1])
@@ -254,7 +255,7 @@ def compressed_plane(
     if isinstance(branch, HierarchicalAttention):
         fit = branch.fit(ctx.grid)[1]
         out = attend_windows(
-            z, project, fit, branch.window_grid, ctx.rope, branch.window_rope, branch.backend,
+            z, project, fit, branch.window_grid, ctx.rope, branch.windows.rope, branch.backend,
             rope_scale=scale, rope_offset=offset,
         )  # (B, N', C/sp) on fit.source
         plane = fit.source

@@ -13,6 +13,7 @@ from ultragen.models.attention.global_compressed import GlobalCompressedAttentio
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.multiscale import MultiScaleWindowAttention
+from ultragen.models.attention.options import CompressionOptions, LoRAOptions, Padding, WindowOptions
 from ultragen.models.attention.window import LocalWindowAttention, SwinAttention
 
 __all__ = [
@@ -20,13 +21,17 @@ __all__ = [
     "AttentionBackend",
     "AttentionContext",
     "AttentionStrategy",
+    "CompressionOptions",
     "FullAttention",
     "GlobalCompressedAttention",
     "HierarchicalAttention",
+    "LoRAOptions",
     "LocalWindowAttention",
     "MultiScaleWindowAttention",
+    "Padding",
     "SwinAttention",
     "UltraGenAttention",
     "VideoGrid",
+    "WindowOptions",
     "attention",
 ]

@@ -7,102 +7,30 @@ depthwise Conv3d 3×3×3 (init `identity` or the release's 1/27 `box`).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, AttentionStrategy, VideoGrid
-from ultragen.models.attention.window import PAD_POLICIES, PadPolicy, check_choice, plane_rotary, resize_plane
-from ultragen.models.lora import DomainLoRA, LoRAInit
+from ultragen.models.attention.options import (
+    UP_INITS,
+    Compression,
+    CompressionOptions,
+    KeyProjection,
+    LoRAOptions,
+    Padding,
+    UpInit,
+    check_choice,
+)
+from ultragen.models.attention.window import plane_rotary
+from ultragen.models.lora import DomainLoRA
 from ultragen.models.rope import apply_rope
 
-KeyProjection = Literal["k", "q"]
-CompressedRope = Literal["grid", "scaled"]
-UpInit = Literal["identity", "box"]
-
-KEY_PROJECTIONS = ("k", "q")
-COMPRESSED_ROPES = ("grid", "scaled")
-UP_INITS = ("identity", "box")
-
 
 #################################################################################
-#                          Compression and decompression                        #
+#                               Depthwise convolutions                          #
 #################################################################################
-
-
-@dataclass(frozen=True)
-class Compression:
-    """Per-frame spatial compression of `grid` by `factor` under a pad policy.
-
-    error: H and W must be multiples of factor; replicate: edge-pad to the next multiple (the extra
-    rows are cropped after upsampling); interpolate: as released, the strided conv drops trailing
-    rows/cols and bilinear upsampling stretches the compressed plane back to the full (H, W).
-    """
-
-    grid: VideoGrid
-    factor: int
-    pad: PadPolicy
-
-    @classmethod
-    def plan(cls, grid: VideoGrid, factor: int, pad: PadPolicy) -> "Compression":
-        """Validate `grid` against `factor` under `pad`."""
-        if pad == "error" and (grid.h % factor or grid.w % factor):
-            raise ValueError(
-                f"token grid {grid} (TxHxW) is not divisible by the compression factor {factor}: H={grid.h} and "
-                f"W={grid.w} must be multiples of {factor}; choose a video size whose grid divides, change the "
-                "factor, or set pad: replicate | interpolate"
-            )
-        if min(grid.h, grid.w) < factor and pad == "interpolate":
-            raise ValueError(f"token grid {grid} is smaller than the compression factor {factor}; use pad: replicate")
-        return cls(grid, factor, pad)
-
-    @property
-    def padded(self) -> VideoGrid:
-        """Grid the strided conv reads (replicate-padded, or cropped to whole strides)."""
-        k, g = self.factor, self.grid
-        rounding = math.ceil if self.pad == "replicate" else math.floor
-        return VideoGrid(g.t, rounding(g.h / k) * k, rounding(g.w / k) * k)
-
-    @property
-    def compressed(self) -> VideoGrid:
-        """Grid after the strided conv, T × H/k × W/k (rounded per the pad policy)."""
-        p = self.padded
-        return VideoGrid(p.t, p.h // self.factor, p.w // self.factor)
-
-    def compress(self, x: Tensor, conv: Callable[[Tensor], Tensor]) -> Tensor:
-        """x (B, T, H, W, C) -> (B, T, H/k, W/k, C) through the depthwise strided conv (B·T, C, H, W) -> (B·T, C, h', w')."""
-        b, t, h, w, c = x.shape
-        p = self.padded
-        if p.h > h:
-            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, p.h - h, -1, -1)], dim=2)
-        if p.w > w:
-            x = torch.cat([x, x[:, :, :, -1:].expand(-1, -1, -1, p.w - w, -1)], dim=3)
-        z = conv(x.reshape(b * t, *x.shape[2:]).permute(0, 3, 1, 2))  # (B·T, C, h', w'), channels-last memory
-        return z.permute(0, 2, 3, 1).reshape(b, t, *z.shape[2:], c)
-
-    def decompress(
-        self, z: Tensor, conv: DepthwiseConv3d, scale: Tensor | None = None, channels: slice = slice(None)
-    ) -> Tensor:
-        """z (B, T, h', w', C) -> bilinear upsampling to (H, W), depthwise Conv3d -> (B, N, C).
-
-        `scale` (B, C) multiplies the result; it is applied to the small plane (upsampling and the depthwise
-        conv are linear per channel) and to the conv bias, never to the full-size output. z may hold only the
-        conv's `channels` (`DepthwiseConv3d.forward`).
-        """
-        b, c, g = z.shape[0], z.shape[-1], self.grid
-        if scale is not None:
-            z = z * scale[:, None, None, None]
-        if self.pad == "replicate":
-            up = resize_plane(z, (z.shape[2] * self.factor, z.shape[3] * self.factor))[:, :, : g.h, : g.w]
-        else:
-            up = resize_plane(z, (g.h, g.w))
-        y = conv(up.permute(0, 4, 1, 2, 3), scale, channels)
-        return y.permute(0, 2, 3, 4, 1).reshape(b, g.numel, c)  # from (B, C, T, H, W), channels-last memory
 
 
 class DepthwiseConv3dFunction(torch.autograd.Function):
@@ -202,8 +130,11 @@ def lora_qkv(attn, x: Tensor, lora: DomainLoRA | None, key_proj: KeyProjection) 
 class GlobalCompressedAttention(AttentionStrategy):
     """Full attention over per-frame spatially compressed tokens, upsampled back (UltraGen's global branch).
 
-    Owns what the compressed branches share: down/up convs, the LoRA set, key projection, compressed RoPE.
+    Owns what the compressed branches share: down/up convs (`compression`), the domain-aware LoRA set (`lora`), the
+    key projection and the compressed RoPE positions.
     """
+
+    default_compression = CompressionOptions(factor=4)
 
     def __init__(
         self,
@@ -213,37 +144,36 @@ class GlobalCompressedAttention(AttentionStrategy):
         freq_dim: int = 256,
         backend: AttentionBackend | str = "sdpa",
         *,
-        factor: int = 4,
-        lora_rank: int = 64,
-        lora_targets: Sequence[str] = ("q", "k", "v"),
-        lora_alpha: float | None = None,
-        lora_bias: bool = False,
-        lora_init_b: LoRAInit = "zero",
-        key_proj: KeyProjection = "k",
-        rope: CompressedRope = "grid",
-        pad: PadPolicy = "error",
-        up_init: UpInit = "identity",
+        compression: CompressionOptions | None = None,
+        lora: LoRAOptions | None = None,
+        padding: Padding | None = None,
     ):
         super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
-        if factor < 1:
-            raise ValueError(f"compression factor={factor} must be >= 1")
-        self.factor = factor
-        self.key_proj = check_choice("key_proj", key_proj, KEY_PROJECTIONS)
-        self.rope = check_choice("rope", rope, COMPRESSED_ROPES)
-        self.pad = check_choice("pad", pad, PAD_POLICIES)
-        self.down = down_conv(dim, factor)
-        self.up = DepthwiseConv3d(dim, up_init)
-        self.lora = DomainLoRA(dim, lora_rank, lora_targets, lora_alpha, lora_bias, lora_init_b) if lora_rank else None
+        self.compression = compression or self.default_compression
+        self.padding = padding or Padding()
+        self.down = down_conv(dim, self.factor)
+        self.up = DepthwiseConv3d(dim, self.compression.up_init)
+        lora = lora or LoRAOptions()
+        self.lora = DomainLoRA(dim, lora.rank, lora.targets, lora.alpha, lora.bias, lora.init_b) if lora.rank else None
+
+    @property
+    def factor(self) -> int:
+        """Spatial compression factor k."""
+        return self.compression.factor
 
     @property
     def rope_affine(self) -> tuple[float, float]:
         """(scale, offset) of compressed positions: `grid` integers (release) or `scaled` k·i + (k−1)/2."""
         k = self.factor
-        return (1.0, 0.0) if self.rope == "grid" else (float(k), (k - 1) / 2)
+        return (1.0, 0.0) if self.compression.positions == "grid" else (float(k), (k - 1) / 2)
+
+    def plan(self, grid: VideoGrid) -> Compression:
+        """This branch's compression of `grid` (raises under padding error if not divisible)."""
+        return Compression.plan(grid, self.factor, self.padding.policy)
 
     def project(self, attn, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v of compressed tokens x (B, L, C) with this branch's LoRA."""
-        return lora_qkv(attn, x, self.lora, self.key_proj)
+        return lora_qkv(attn, x, self.lora, self.compression.key_proj)
 
     def output_delta(self, out: Tensor) -> Tensor:
         """Per-branch `o` LoRA (applied before fusion, the shared W_o follows), if configured."""
@@ -254,27 +184,28 @@ class GlobalCompressedAttention(AttentionStrategy):
         projections (k reuses q's under key_proj=q), LoRA (4·tokens·D·r per target), the strided depthwise conv
         (2·k²·D per compressed token) and the depthwise Conv3d 3×3×3 (54·D per full token)."""
         d = self.dim
-        projections = (4.0 if self.key_proj == "q" else 6.0) * tokens * d * d
+        projections = (4.0 if self.compression.key_proj == "q" else 6.0) * tokens * d * d
         lora = 0.0 if self.lora is None else sum(4.0 * tokens * d * m.rank for m in self.lora.values())
         convs = 2.0 * self.factor**2 * d * plan.compressed.numel + 54.0 * d * plan.grid.numel
         return AttentionCost(maps, projections + lora + convs)
 
     def cost(self, grid: VideoGrid) -> AttentionCost:
-        plan = Compression.plan(grid, self.factor, self.pad)
+        plan = self.plan(grid)
         n = plan.compressed.numel
         return self.plane_cost(plan, n, 4.0 * n * n * self.dim)
 
     def extra_repr(self) -> str:
         lora = "none" if self.lora is None else f"rank={next(iter(self.lora.values())).rank} on {list(self.lora)}"
+        c = self.compression
         return (
-            f"factor={self.factor}, lora={lora}, key_proj={self.key_proj}, rope={self.rope}, pad={self.pad}, "
-            f"up_init={self.up.init}, {super().extra_repr()}"
+            f"factor={self.factor}, lora={lora}, key_proj={c.key_proj}, positions={c.positions}, "
+            f"padding={self.padding.policy}, up_init={c.up_init}, {super().extra_repr()}"
         )
 
     def attend(self, attn, x: Tensor, ctx: AttentionContext) -> tuple[Tensor, Compression]:
         """Attention output on the compressed plane, (B, T, h', w', C), and the compression used."""
         b, _, c = x.shape
-        plan = Compression.plan(ctx.grid, self.factor, self.pad)
+        plan = self.plan(ctx.grid)
         z = plan.compress(x.reshape(b, *ctx.grid, c), self.down)  # (B, T, h', w', C)
         q, k, v = self.project(attn, z.reshape(b, -1, c))
         scale, offset = self.rope_affine

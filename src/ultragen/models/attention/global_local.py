@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, AttentionStrategy, VideoGrid
-from ultragen.models.attention.global_compressed import (
-    CompressedRope,
-    GlobalCompressedAttention,
-    KeyProjection,
-    UpInit,
-)
+from ultragen.models.attention.global_compressed import GlobalCompressedAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
-from ultragen.models.attention.window import (
-    LocalWindowAttention,
-    PadPolicy,
-    SwinAttention,
-    WindowRope,
-    check_choice,
-)
-from ultragen.models.lora import LoRAInit
+from ultragen.models.attention.options import CompressionOptions, LoRAOptions, Padding, WindowOptions, check_choice
+from ultragen.models.attention.window import LocalWindowAttention
 
 GateWeights = Literal["global", "local"]
-LocalKind = Literal["window", "swin"]
 
 
 class TimeGate(nn.Module):
@@ -60,9 +47,13 @@ class UltraGenAttention(AttentionStrategy):
     z_l = mix(local, hierarchical; gate_local), z = mix(z_l, global; gate_global). With
     `gate_weights="global"` (paper) each sigmoid weights the coarser branch (α·z_g + (1−α)·z_l);
     with `"local"` (release) it weights the finer one; the two differ by negating the last Linear.
-    `use_global`, `use_hierarchical`, `use_lora` and `local="swin"` are the paper's ablations (`use_local` too).
-    Release-compatibility flags (default off): `global_key_proj="q"`, `lora_bias`, `lora_init_b="kaiming"`,
-    `window_rope="window"`, `pad="interpolate"`, `up_init="box"`, `gate_weights="local"`.
+    Branch options are the standalone strategies' (`ultragen.models.attention.options`): `local_windows` and
+    `hier_windows` (`WindowOptions`), `hier_compression` and `global_compression` (`CompressionOptions`, factors 2
+    and 4 by default), one `lora` for both compressed branches and one `padding` for all three.
+    The paper's ablations: `use_global`, `use_hierarchical` (and `use_local`) drop a branch, `lora: {rank: 0}` drops
+    the LoRA, `local_windows: {shifts: [false, true]}` makes the local branch Swin-shifted.
+    Release compatibility (default off): `global_compression: {key_proj: q}`, `lora: {bias: true, init_b: kaiming}`,
+    window `rope: window`, `padding: {policy: interpolate}`, compression `up_init: box`, `gate_weights: local`.
     """
 
     def __init__(
@@ -73,52 +64,35 @@ class UltraGenAttention(AttentionStrategy):
         freq_dim: int = 256,
         backend: AttentionBackend | str = "sdpa",
         *,
-        local_windows: Sequence[Sequence[int]] = ((4, 4), (5, 5)),
-        local: LocalKind = "window",
-        swin_shifts: Sequence[bool] = (False, True),
-        global_factor: int = 4,
-        hier_factor: int = 2,
-        hier_windows: Sequence[Sequence[int]] = ((2, 2), (3, 3)),
+        local_windows: WindowOptions | None = None,
+        hier_windows: WindowOptions | None = None,
+        hier_compression: CompressionOptions | None = None,
+        global_compression: CompressionOptions | None = None,
+        lora: LoRAOptions | None = None,
+        padding: Padding | None = None,
         use_local: bool = True,
         use_global: bool = True,
         use_hierarchical: bool = True,
-        use_lora: bool = True,
-        lora_rank: int = 64,
-        lora_targets: Sequence[str] = ("q", "k", "v"),
-        lora_alpha: float | None = None,
-        lora_bias: bool = False,
-        lora_init_b: LoRAInit = "zero",
-        global_key_proj: KeyProjection = "k",
-        window_rope: WindowRope = "global",
-        compressed_rope: CompressedRope = "grid",
-        pad: PadPolicy = "error",
-        antialias: bool = False,
-        up_init: UpInit = "identity",
         gate_weights: GateWeights = "global",
     ):
         super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
         if not (use_local or use_global or use_hierarchical):
             raise ValueError("use_local, use_global and use_hierarchical are all false; keep at least one branch")
-        self.local = check_choice("local", local, ("window", "swin"))
         self.gate_weights = check_choice("gate_weights", gate_weights, ("global", "local"))
-        self.use_lora = use_lora
-        common = dict(dim=dim, num_heads=num_heads, layer_idx=layer_idx, freq_dim=freq_dim, backend=self.backend)
-        windows = dict(windows=local_windows, rope=window_rope, pad=pad, antialias=antialias, **common)
-        local_cls = SwinAttention if local == "swin" else LocalWindowAttention
-        extra = {"shifts": swin_shifts} if local == "swin" else {}
-        self.local_branch = local_cls(**windows, **extra) if use_local else None
-        branch = dict(
-            lora_rank=lora_rank if use_lora else 0, lora_targets=lora_targets, lora_alpha=lora_alpha,
-            lora_bias=lora_bias, lora_init_b=lora_init_b, rope=compressed_rope, pad=pad, up_init=up_init, **common,
+        common = dict(dim=dim, num_heads=num_heads, layer_idx=layer_idx, freq_dim=freq_dim, backend=self.backend,
+                      padding=padding)
+        self.local_branch = (
+            LocalWindowAttention(**common, windows=local_windows)
+            if use_local
+            else None
         )
         self.hier_branch = (
-            HierarchicalAttention(factor=hier_factor, windows=hier_windows, window_rope=window_rope,
-                                  antialias=antialias, **branch)
+            HierarchicalAttention(**common, compression=hier_compression, windows=hier_windows, lora=lora)
             if use_hierarchical
             else None
         )
         self.global_branch = (
-            GlobalCompressedAttention(factor=global_factor, key_proj=global_key_proj, **branch) if use_global else None
+            GlobalCompressedAttention(**common, compression=global_compression, lora=lora) if use_global else None
         )
         # gate_local mixes local and hierarchical, gate_global that mix and global: each only if both sides exist
         self.gate_local = TimeGate(freq_dim, dim) if use_local and use_hierarchical else None
@@ -182,4 +156,4 @@ class UltraGenAttention(AttentionStrategy):
 
     def extra_repr(self) -> str:
         branches = [name for name, branch in self.branches() if branch is not None]
-        return f"branches={branches}, lora={self.use_lora}, gate_weights={self.gate_weights}, {super().extra_repr()}"
+        return f"branches={branches}, gate_weights={self.gate_weights}, {super().extra_repr()}"

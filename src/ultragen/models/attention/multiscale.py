@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -14,15 +13,17 @@ from ultragen.models.attention.base import (
     VideoGrid,
     windows_maps,
 )
-from ultragen.models.attention.window import PlaneFit, grouped_attention, window_layout, window_schedule, window_shapes
+from ultragen.models.attention.options import PlaneFit, WindowOptions, counts_text
+from ultragen.models.attention.window import grouped_attention, window_layout, window_shapes
 from ultragen.models.rope import apply_rope
 
 
 class MultiScaleWindowAttention(AttentionStrategy):
     """Close (contiguous) and remote (strided) windows share q/k/v; the two results are averaged.
 
-    `windows` lists per-layer window counts (n_t, n_h, n_w), cycled by absolute layer index; a window is
-    grid / counts. Global 3D RoPE is applied before windowing, so tokens keep their absolute positions.
+    `windows.counts` lists per-layer window counts (n_t, n_h, n_w), cycled by absolute layer index; a window is
+    grid / counts. Global 3D RoPE is applied before windowing, so tokens keep their absolute positions (`windows.rope`
+    must be `global`); the windows do not shift.
     Remote window j collects the tokens whose index along each axis is ≡ j (mod n).
     """
 
@@ -34,22 +35,27 @@ class MultiScaleWindowAttention(AttentionStrategy):
         freq_dim: int = 256,
         backend: AttentionBackend | str = "sdpa",
         *,
-        windows: Sequence[Sequence[int]],
+        windows: WindowOptions,
     ):
         super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
-        self.windows = window_schedule("windows", windows, 3)
+        self.windows = windows.check_size(3)
+        if windows.rope != "global" or any(windows.shifts):
+            raise ValueError(
+                f"windows.rope={windows.rope!r}, shifts={list(windows.shifts)}: T3 windows keep global RoPE and do "
+                "not shift; leave rope and shifts at their defaults"
+            )
 
     @property
     def counts(self) -> tuple[int, int, int]:
         """(n_t, n_h, n_w) window counts of this layer."""
-        return self.windows[self.layer_idx % len(self.windows)]
+        return self.windows.at(self.layer_idx)
 
     def check(self, grid: VideoGrid) -> PlaneFit:
         """Exact fit of `grid`; raises naming the grid and counts if they do not divide."""
         if any(n % c for n, c in zip(grid, self.counts)):
             raise ValueError(
                 f"token grid {grid} (TxHxW) is not divisible by the window counts "
-                f"{'x'.join(map(str, self.counts))} of layer {self.layer_idx}; choose counts that divide every axis"
+                f"{counts_text(self.counts)} of layer {self.layer_idx}; choose counts that divide every axis"
             )
         return PlaneFit(grid, grid, "error")
 
@@ -59,7 +65,7 @@ class MultiScaleWindowAttention(AttentionStrategy):
         return AttentionCost(2 * windows_maps(self.dim, window_shapes(grid, self.counts)), 6.0 * grid.numel * self.dim**2)
 
     def describe(self) -> str:
-        return f"{type(self).__name__}[{'x'.join(map(str, self.counts))}]"
+        return f"{type(self).__name__}[{counts_text(self.counts)}]"
 
     def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
         fit = self.check(ctx.grid)
@@ -77,5 +83,4 @@ class MultiScaleWindowAttention(AttentionStrategy):
         return (outs[0] + outs[1]) * 0.5
 
     def extra_repr(self) -> str:
-        cycle = ", ".join("x".join(map(str, c)) for c in self.windows)
-        return f"counts={'x'.join(map(str, self.counts))} (cycle [{cycle}]), {super().extra_repr()}"
+        return f"counts={self.windows.describe(self.layer_idx)}, {super().extra_repr()}"

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ultragen.models.attention.base import (
@@ -26,116 +22,17 @@ from ultragen.models.attention.base import (
     VideoGrid,
     windows_maps,
 )
+from ultragen.models.attention.options import (
+    Padding,
+    PlaneFit,
+    WindowOptions,
+    WindowRope,
+    counts_text,
+    resize_plane,
+)
 from ultragen.models.rope import Rotary, RotaryTables, apply_rope
 
-PadPolicy = Literal["error", "replicate", "interpolate"]
-WindowRope = Literal["global", "window"]
 Projection = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
-
-PAD_POLICIES = ("error", "replicate", "interpolate")
-WINDOW_ROPES = ("global", "window")
-
-
-#################################################################################
-#                               Option checking                                 #
-#################################################################################
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    """Return value if it is one of choices, else raise naming the option and the choices."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}")
-    return value
-
-
-def window_schedule(name: str, windows: Sequence[Sequence[int]], size: int) -> tuple[tuple[int, ...], ...]:
-    """Validate a per-layer list of window counts (each `size` positive ints) and return it as tuples."""
-    if not windows:
-        raise ValueError(f"{name} is empty; give at least one window grid, e.g. [[4, 4]]")
-    out = tuple(tuple(int(n) for n in entry) for entry in windows)
-    for entry in out:
-        if len(entry) != size or min(entry) < 1:
-            raise ValueError(f"{name} entry {list(entry)} must be {size} positive window counts")
-    return out
-
-
-#################################################################################
-#                             Grid fitting and resizing                         #
-#################################################################################
-
-
-def nearest_multiple(size: int, m: int) -> int:
-    """Nearest positive multiple of m to size, ties to the lower one (the released resize target)."""
-    lower = size // m * m
-    if lower == 0:
-        return m
-    return lower if size - lower <= lower + m - size else lower + m
-
-
-@dataclass(frozen=True)
-class PlaneFit:
-    """How the (h, w) plane of `grid` becomes `work`, whose sides are multiples of a window grid, and back."""
-
-    grid: VideoGrid
-    work: VideoGrid
-    pad: PadPolicy
-    antialias: bool = False
-
-    @classmethod
-    def plan(
-        cls,
-        grid: VideoGrid,
-        multiples: Sequence[int],
-        pad: PadPolicy,
-        antialias: bool = False,
-        what: str = "window grid",
-    ) -> "PlaneFit":
-        """Working grid for `multiples` (rows, cols) under `pad`; raises for `error` on a non-divisible grid."""
-        mh, mw = multiples
-        if grid.h % mh == 0 and grid.w % mw == 0:
-            return cls(grid, grid, pad, antialias)
-        if pad == "error":
-            raise ValueError(
-                f"token grid {grid} (TxHxW) is not divisible by the {what} {mh}x{mw}: H={grid.h} and W={grid.w} "
-                f"must be multiples of {mh} and {mw}; choose a video size whose grid divides, change the {what}, "
-                "or set pad: replicate | interpolate"
-            )
-        if pad == "replicate":
-            h, w = math.ceil(grid.h / mh) * mh, math.ceil(grid.w / mw) * mw
-        else:
-            h, w = nearest_multiple(grid.h, mh), nearest_multiple(grid.w, mw)
-        return cls(grid, VideoGrid(grid.t, h, w), pad, antialias)
-
-    @property
-    def resamples(self) -> bool:
-        """True when the plane is bilinearly resized (the released `interpolate` behaviour)."""
-        return self.pad == "interpolate" and self.work != self.grid
-
-    @property
-    def source(self) -> VideoGrid:
-        """Grid the window tokens are gathered from (and the output is returned on)."""
-        return self.work if self.resamples else self.grid
-
-    def positions(self) -> tuple[Tensor, Tensor]:
-        """Row and column coordinates of the source plane, in units of the original `grid`."""
-        if self.resamples:
-            return tuple(
-                (torch.arange(n, dtype=torch.float64) + 0.5) * (n0 / n) - 0.5
-                for n, n0 in ((self.work.h, self.grid.h), (self.work.w, self.grid.w))
-            )
-        return torch.arange(self.grid.h, dtype=torch.float64), torch.arange(self.grid.w, dtype=torch.float64)
-
-
-def resize_plane(x: Tensor, size: Sequence[int], antialias: bool = False) -> Tensor:
-    """Bilinear (align_corners=False) resize of the (h, w) plane of x (B, T, h, w, C) to `size`."""
-    b, t, h, w, c = x.shape
-    if (h, w) == tuple(size):
-        return x
-    y = F.interpolate(
-        x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), size=tuple(size), mode="bilinear", align_corners=False,
-        antialias=antialias,
-    )  # (B·T, C, h', w'), channels-last memory
-    return y.permute(0, 2, 3, 1).reshape(b, t, *size, c)
 
 
 #################################################################################
@@ -301,9 +198,12 @@ def attend_windows(
 class LocalWindowAttention(AttentionStrategy):
     """Non-overlapping spatial windows, each a full-length temporal tube, with the pretrained q/k/v.
 
-    `windows` is a per-layer list of window grids (rows, cols) cycled by the absolute layer index;
-    the release alternates `[[4, 4], [5, 5]]` (UltraGen's cross-window scheme).
+    `windows.counts` is a per-layer list of window grids (rows, cols) cycled by the absolute layer index; the
+    release alternates `[[4, 4], [5, 5]]` (UltraGen's cross-window scheme, the default). Layers whose
+    `windows.shifts` entry is true move the windows by half a window (Swin).
     """
+
+    default_windows = WindowOptions(counts=((4, 4), (5, 5)))
 
     def __init__(
         self,
@@ -313,40 +213,37 @@ class LocalWindowAttention(AttentionStrategy):
         freq_dim: int = 256,
         backend: AttentionBackend | str = "sdpa",
         *,
-        windows: Sequence[Sequence[int]] = ((4, 4), (5, 5)),
-        rope: WindowRope = "global",
-        pad: PadPolicy = "error",
-        antialias: bool = False,
+        windows: WindowOptions | None = None,
+        padding: Padding | None = None,
     ):
         super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
-        self.windows = window_schedule("windows", windows, 2)
-        self.rope = check_choice("rope", rope, WINDOW_ROPES)
-        self.pad = check_choice("pad", pad, PAD_POLICIES)
-        self.antialias = antialias
+        self.windows = (windows or self.default_windows).check_size(2)
+        self.padding = padding or Padding()
 
     @property
     def window_grid(self) -> tuple[int, int]:
         """(rows, cols) window counts of this layer."""
-        return self.windows[self.layer_idx % len(self.windows)]
+        return self.windows.at(self.layer_idx)
 
     @property
     def shifted(self) -> bool:
         """Whether this layer's windows are shifted by half a window (Swin)."""
-        return False
+        return self.windows.shifted(self.layer_idx)
 
     def fit(self, grid: VideoGrid) -> PlaneFit:
-        """Working grid of this layer's windows on `grid` (raises under pad=error if not divisible)."""
-        return PlaneFit.plan(grid, self.window_grid, self.pad, self.antialias)
+        """Working grid of this layer's windows on `grid` (raises under padding error if not divisible)."""
+        return PlaneFit.plan(grid, self.window_grid, self.padding.policy, self.padding.antialias)
 
     def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
         b, n, c = x.shape
         grid = ctx.grid
         fit = self.fit(grid)
         out = attend_windows(
-            x.reshape(b, *grid, c), attn.qkv, fit, self.window_grid, ctx.rope, self.rope, self.backend, self.shifted
+            x.reshape(b, *grid, c), attn.qkv, fit, self.window_grid, ctx.rope, self.windows.rope, self.backend,
+            self.shifted,
         )  # (B, N_source, C)
         if fit.resamples:
-            out = resize_plane(out.reshape(b, *fit.work, c), (grid.h, grid.w), self.antialias).reshape(b, n, c)
+            out = resize_plane(out.reshape(b, *fit.work, c), (grid.h, grid.w), self.padding.antialias).reshape(b, n, c)
         return out
 
     def cost(self, grid: VideoGrid) -> AttentionCost:
@@ -355,48 +252,20 @@ class LocalWindowAttention(AttentionStrategy):
         return AttentionCost(windows_maps(self.dim, shapes), 6.0 * fit.work.numel * self.dim**2)
 
     def describe(self) -> str:
-        return f"{type(self).__name__}[{'x'.join(map(str, self.window_grid))}]"
+        return f"{type(self).__name__}[{counts_text(self.window_grid)}]"
 
     def extra_repr(self) -> str:
-        nh, nw = self.window_grid
-        cycle = ", ".join(f"{h}x{w}" for h, w in self.windows)
         return (
-            f"windows={nh}x{nw} (cycle [{cycle}]), rope={self.rope}, pad={self.pad}, antialias={self.antialias}, "
-            f"{super().extra_repr()}"
+            f"windows={self.windows.describe(self.layer_idx)}, shifted={self.shifted}, rope={self.windows.rope}, "
+            f"padding={self.padding.policy}, antialias={self.padding.antialias}, {super().extra_repr()}"
         )
 
 
 class SwinAttention(LocalWindowAttention):
-    """Swin-style local attention: layers listed as shifted move the window grid by half a window.
+    """Swin-style local attention: by default 4x4 windows, every second layer shifted by half a window.
 
     Shifted windows are exact (no cyclic roll, no mask): the windows cut off at the borders
     are attended separately, as Swin's masked cyclic shift does.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        layer_idx: int,
-        freq_dim: int = 256,
-        backend: AttentionBackend | str = "sdpa",
-        *,
-        windows: Sequence[Sequence[int]] = ((4, 4),),
-        shifts: Sequence[bool] = (False, True),
-        rope: WindowRope = "global",
-        pad: PadPolicy = "error",
-        antialias: bool = False,
-    ):
-        super().__init__(
-            dim, num_heads, layer_idx, freq_dim, backend, windows=windows, rope=rope, pad=pad, antialias=antialias
-        )
-        if not shifts:
-            raise ValueError("shifts is empty; give a per-layer list such as [false, true]")
-        self.shifts = tuple(bool(s) for s in shifts)
-
-    @property
-    def shifted(self) -> bool:
-        return self.shifts[self.layer_idx % len(self.shifts)]
-
-    def extra_repr(self) -> str:
-        return f"shifted={self.shifted}, {super().extra_repr()}"
+    default_windows = WindowOptions(counts=((4, 4),), shifts=(False, True))
