@@ -56,6 +56,7 @@ def rotated(attn, x: torch.Tensor, grid: VideoGrid):
     return apply_rope(q, rope), apply_rope(k, rope), v
 
 
+@torch.no_grad()
 def brute_force(attn, x: torch.Tensor, grid: VideoGrid, cube, k: int):
     """(selected key cubes per (b, h, query cube) as sets, output before W_o) from loops over cubes and a dense mask
     over the padded tokens."""

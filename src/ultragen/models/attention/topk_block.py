@@ -126,7 +126,7 @@ def cube_layout(grid: VideoGrid, cube: tuple[int, int, int], device: str = "cpu"
 def cube_means(x: Tensor, layout: CubeLayout) -> Tensor:
     """Cube-major x (B, N_work, H, D) -> float32 cube means (B, H, M, D)."""
     b, _, h, d = x.shape
-    return x.view(b, layout.num_cubes, layout.volume, h, d).mean(2, dtype=torch.float32).transpose(1, 2)
+    return x.reshape(b, layout.num_cubes, layout.volume, h, d).mean(2, dtype=torch.float32).transpose(1, 2)
 
 
 def cube_block_mask(selected: Tensor, volume: int) -> BlockMask:
@@ -241,7 +241,7 @@ class TopKBlockAttention(AttentionStrategy):
         heads = torch.arange(h, device=q.device)[None, :, None, None]
 
         def gather(t: Tensor) -> Tensor:  # (B, N_work, H, D) -> (B·M, k·V, H, D): every query cube's selected cubes
-            cubes = t.view(b, m, vol, h, d).permute(0, 3, 1, 2, 4)  # (B, H, M, V, D)
+            cubes = t.reshape(b, m, vol, h, d).permute(0, 3, 1, 2, 4)  # (B, H, M, V, D)
             picked = cubes[batch, heads, selected]  # (B, H, M, k, V, D)
             return picked.permute(0, 2, 3, 4, 1, 5).reshape(b * m, kept * vol, h, d)
 
