@@ -1,0 +1,286 @@
+"""Top-k block sparse attention (VSA, Zhang et al. 2025): coarse attention over 3D cubes picks where to attend finely.
+
+Tokens are grouped into cubes of `cube` = (t, h, w) tokens and put in one cube-major order (cached per grid). A
+coarse stage attends between the cube means of q, k and v; per query cube and head it keeps the `k` key cubes with
+the highest coarse scores, and every query token attends at token level to all tokens of those cubes. The coarse
+output, broadcast to the tokens of its cube, is added through a zero-initialised gate: out = fine + gate(x) · coarse,
+as FastVideo's `to_gate_compress` does, so a fresh strategy is pure fine sparse attention.
+
+The fine stage runs as FlexAttention with a per-step BlockMask (one block per cube) under backend `flex`, and as
+attention over the gathered selected cubes with any other backend (the CPU reference); both compute the same thing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
+
+from ultragen.models.attention.base import (
+    AttentionBackend,
+    AttentionContext,
+    AttentionCost,
+    AttentionStrategy,
+    VideoGrid,
+)
+from ultragen.models.attention.window import check_choice
+from ultragen.models.rope import apply_rope
+
+CubePad = Literal["error", "replicate"]
+CUBE_PADS = ("error", "replicate")
+
+
+#################################################################################
+#                                Options and fit                                #
+#################################################################################
+
+
+def cube_schedule(cubes: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]:
+    """Validate a per-layer list of cube sizes (t, h, w) in tokens and return it as tuples."""
+    if not cubes:
+        raise ValueError("cube is empty; give at least one cube size (t, h, w) in tokens, e.g. [[4, 4, 4]]")
+    out = tuple(tuple(int(n) for n in entry) for entry in cubes)
+    for entry in out:
+        if len(entry) != 3 or min(entry) < 1:
+            raise ValueError(f"cube entry {list(entry)} must be 3 positive token counts (t, h, w), e.g. [4, 4, 4]")
+    return out
+
+
+def k_schedule(ks: Sequence[int]) -> tuple[int, ...]:
+    """Validate a per-layer list of key cubes kept per query cube and return it as a tuple."""
+    if not ks:
+        raise ValueError("k is empty; give a per-layer list of key cubes kept per query cube, e.g. [32]")
+    out = tuple(int(n) for n in ks)
+    if min(out) < 1:
+        raise ValueError(f"k {list(out)} must be positive; each query cube keeps k key cubes (k >= 1)")
+    return out
+
+
+def cube_fit(grid: VideoGrid, cube: Sequence[int], pad: CubePad, layer_idx: int) -> VideoGrid:
+    """Grid of whole cubes covering `grid` (each axis rounded up); raises under pad=error if that is not `grid`."""
+    work = VideoGrid(*(math.ceil(n / c) * c for n, c in zip(grid, cube)))
+    if work != grid and pad == "error":
+        name = "x".join(map(str, cube))
+        raise ValueError(
+            f"token grid {grid} (TxHxW) is not divisible by the cube {name} of layer {layer_idx}: T={grid.t}, "
+            f"H={grid.h}, W={grid.w} must be multiples of {', '.join(map(str, cube))}; choose a video size whose "
+            "grid divides, change cube, or set pad: replicate"
+        )
+    return work
+
+
+def flex_block_size(cube: Sequence[int]) -> int:
+    """Tokens per cube, FlexAttention's block size on the `flex` path; raises unless a power of two >= 16 (the
+    sizes its GPU kernels shrink their tiles to)."""
+    volume = math.prod(cube)
+    if volume < 16 or volume & (volume - 1):
+        raise ValueError(
+            f"attention backend 'flex' needs cubes of a power-of-two number of tokens >= 16 (one FlexAttention block "
+            f"per cube); cube {'x'.join(map(str, cube))} has {volume}; use e.g. [4, 4, 4] or another backend"
+        )
+    return volume
+
+
+#################################################################################
+#                                  Cube layout                                  #
+#################################################################################
+
+
+class CubeLayout:
+    """Cubes of `cube` tokens over `grid` as one cube-major token order on the padded grid `work`.
+
+    Each axis is padded at its far end to whole cubes; a padded position holds the token at its coordinates clamped
+    to the grid (replicate). Cubes are numbered in (t, h, w) order of the cube grid `counts`, tokens inside a cube
+    in (t, h, w) order. `order[j]`: source token of cube-major token j; `inverse[i]`: position in `order` of source
+    token i; `cube_of[i]`: cube of source token i.
+    """
+
+    def __init__(self, grid: VideoGrid, cube: tuple[int, int, int], device: str):
+        self.grid, self.cube = grid, cube
+        self.counts = nt, nh, nw = tuple(math.ceil(n / c) for n, c in zip(grid, cube))
+        self.work = work = VideoGrid(*(n * c for n, c in zip(self.counts, cube)))
+        self.num_cubes, self.volume = nt * nh * nw, math.prod(cube)
+        ct, ch, cw = cube
+        t, h, w = torch.meshgrid(*(torch.arange(n).clamp(max=s - 1) for n, s in zip(work, grid)), indexing="ij")
+        source = (t * grid.h + h) * grid.w + w  # (work.t, work.h, work.w): source token of each padded position
+        order = source.view(nt, ct, nh, ch, nw, cw).permute(0, 2, 4, 1, 3, 5).reshape(-1)
+        position = torch.arange(work.numel).view(nt, nh, nw, ct, ch, cw).permute(0, 3, 1, 4, 2, 5)
+        inverse = position.reshape(*work)[: grid.t, : grid.h, : grid.w].reshape(-1)
+        self.identity = bool(work == grid and torch.equal(order, torch.arange(order.numel())))
+        self.order = order.to(device)
+        self.inverse = inverse.to(device)
+        self.cube_of = (inverse // self.volume).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def cube_layout(grid: VideoGrid, cube: tuple[int, int, int], device: str = "cpu") -> CubeLayout:
+    """Cached `CubeLayout` (index tensors on `device`; 16 most recent grids/cubes)."""
+    return CubeLayout(grid, cube, device)
+
+
+def cube_means(x: Tensor, layout: CubeLayout) -> Tensor:
+    """Cube-major x (B, N_work, H, D) -> float32 cube means (B, H, M, D)."""
+    b, _, h, d = x.shape
+    return x.reshape(b, layout.num_cubes, layout.volume, h, d).mean(2, dtype=torch.float32).transpose(1, 2)
+
+
+def cube_block_mask(selected: Tensor, volume: int) -> BlockMask:
+    """FlexAttention BlockMask over the cube-major sequence, one block per cube: query cube m of (batch, head) reads
+    exactly the key cubes `selected[b, h, m]` (B, H, M, k), each as a full block.
+
+    It is what `create_block_mask` returns for the mask_mod below, built with `BlockMask.from_kv_blocks` from the
+    indices instead of evaluating mask_mod on all N² token pairs of every head. Full blocks skip mask_mod in the
+    kernels; mask_mod gives the same mask to paths that evaluate it per element (eager flex_attention). Index
+    tensors have one column per cube, as create_block_mask's (the CPU kernel requires it); entries past the block
+    counts are unused. The empty partial-block indices are a tensor of their own: inductor's CPU template fails to
+    compile when they alias the full ones.
+    """
+    b, h, m, k = selected.shape
+    allowed = torch.zeros(b, h, m, m, dtype=torch.bool, device=selected.device).scatter_(-1, selected, True)
+    indices = torch.zeros(b, h, m, m, dtype=torch.int32, device=selected.device)
+    indices[..., :k] = selected.sort(dim=-1).values
+    counts = torch.full((b, h, m), k, dtype=torch.int32, device=selected.device)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return allowed[b, h, q_idx // volume, kv_idx // volume]
+
+    n = m * volume
+    return BlockMask.from_kv_blocks(
+        torch.zeros_like(counts), torch.zeros_like(indices), counts, indices, BLOCK_SIZE=volume, mask_mod=mask_mod,
+        seq_lengths=(n, n),
+    )
+
+
+#################################################################################
+#                                   Strategy                                    #
+#################################################################################
+
+
+class TopKBlockAttention(AttentionStrategy):
+    """VSA-style attention: coarse attention over cube means selects the top-k key cubes of every query cube and
+    head; tokens attend finely within them; the coarse output is added through a zero-initialised gate.
+
+    `cube` (t, h, w tokens) and `k` are per-layer lists cycled by absolute layer index; a `k` at or above the number
+    of cubes keeps all of them. Global 3D RoPE is applied before the cubes are formed. Coarse scores are
+    q̄ k̄ᵀ/√d of the float32 cube means, per head; the selection is not differentiated, the coarse output is.
+
+    `pad`: `error` raises on grids not divisible by the cube; `replicate` pads each axis at its far end to whole
+    cubes with copies of the edge tokens (their q, k, v, global RoPE positions included). The copies take part in
+    the cube means and, as keys, in the fine and coarse attention of their cube (an edge token copied c times
+    counts c times), as in the edge-padded grid; their outputs are dropped. On divisible grids nothing is padded.
+
+    `coarse_gate`: add gate(x) · coarse, gate a Linear(dim, dim) of the layer input with zero weight and bias
+    (FastVideo's `to_gate_compress`); false drops the coarse output (the coarse scores still select the cubes).
+    With k covering all cubes and no gate this is full attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        layer_idx: int,
+        freq_dim: int = 256,
+        backend: AttentionBackend | str = "sdpa",
+        *,
+        cube: Sequence[Sequence[int]] = ((4, 4, 4),),
+        k: Sequence[int] = (32,),
+        pad: CubePad = "error",
+        coarse_gate: bool = True,
+    ):
+        super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
+        self.cubes = cube_schedule(cube)
+        self.ks = k_schedule(k)
+        self.pad = check_choice("pad", pad, CUBE_PADS)
+        self.gate = nn.Linear(dim, dim) if coarse_gate else None
+        if self.gate is not None:
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+
+    @property
+    def cube(self) -> tuple[int, int, int]:
+        """(t, h, w) tokens per cube in this layer."""
+        return self.cubes[self.layer_idx % len(self.cubes)]
+
+    @property
+    def top_k(self) -> int:
+        """Key cubes kept per query cube in this layer (all of them where there are fewer)."""
+        return self.ks[self.layer_idx % len(self.ks)]
+
+    def layout(self, grid: VideoGrid, device: torch.device | str = "cpu") -> CubeLayout:
+        """This layer's cube layout on `grid` (raises under pad=error if the cube does not divide it)."""
+        cube_fit(grid, self.cube, self.pad, self.layer_idx)
+        return cube_layout(grid, self.cube, str(device))
+
+    def cube_qkv(self, attn, x: Tensor, ctx: AttentionContext) -> tuple[CubeLayout, Tensor, Tensor, Tensor]:
+        """The layout and q, k (with global RoPE) and v in cube-major order, (B, N_work, H, D) each."""
+        layout = self.layout(ctx.grid, x.device)
+        q, k, v = attn.qkv(x)  # (B, N, H, D)
+        rope = ctx.grid_rope(x.device)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if not layout.identity:
+            q, k, v = (t.index_select(1, layout.order) for t in (q, k, v))
+        return layout, q, k, v
+
+    def select(self, scores: Tensor) -> Tensor:
+        """Coarse scores (B, H, M, M) -> indices (B, H, M, k) of the key cubes each query cube keeps."""
+        return scores.topk(min(self.top_k, scores.shape[-1]), dim=-1).indices
+
+    def fine(self, q: Tensor, k: Tensor, v: Tensor, selected: Tensor, layout: CubeLayout) -> Tensor:
+        """Cube-major q, k, v (B, N_work, H, D), each query token over all tokens of its cube's selected key cubes
+        -> (B, N_work, H·D)."""
+        if self.backend.name == "flex":
+            return self.backend(q, k, v, block_mask=cube_block_mask(selected, flex_block_size(layout.cube)))
+        b, n, h, d = q.shape
+        m, vol, kept = layout.num_cubes, layout.volume, selected.shape[-1]
+        batch = torch.arange(b, device=q.device)[:, None, None, None]
+        heads = torch.arange(h, device=q.device)[None, :, None, None]
+
+        def gather(t: Tensor) -> Tensor:  # (B, N_work, H, D) -> (B·M, k·V, H, D): every query cube's selected cubes
+            cubes = t.reshape(b, m, vol, h, d).permute(0, 3, 1, 2, 4)  # (B, H, M, V, D)
+            picked = cubes[batch, heads, selected]  # (B, H, M, k, V, D)
+            return picked.permute(0, 2, 3, 4, 1, 5).reshape(b * m, kept * vol, h, d)
+
+        out = self.backend(q.reshape(b * m, vol, h, d), gather(k), gather(v))  # (B·M, V, H·D)
+        return out.reshape(b, n, h * d)
+
+    def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
+        layout, q, k, v = self.cube_qkv(attn, x, ctx)
+        qc, kc = cube_means(q, layout), cube_means(k, layout)  # (B, H, M, D) float32
+        scores = qc @ kc.transpose(-1, -2) * self.head_dim**-0.5  # (B, H, M, M)
+        out = self.fine(q, k, v, self.select(scores), layout)  # (B, N_work, C)
+        if not layout.identity:
+            out = out.index_select(1, layout.inverse)  # (B, N, C)
+        if self.gate is None:
+            return out
+        coarse = scores.softmax(-1) @ cube_means(v, layout)  # (B, H, M, D)
+        coarse = coarse.transpose(1, 2).flatten(2).to(x.dtype).index_select(1, layout.cube_of)  # (B, N, C)
+        return out + self.gate(x) * coarse
+
+    def cost(self, grid: VideoGrid) -> AttentionCost:
+        """maps: QKᵀ and AV (4·D per pair) of the fine pairs on the padded grid, M·V queries × k·V keys, and of
+        the coarse attention between the M cube means. other: the q/k/v projections (6·N·D²), the cube means of q,
+        k and v (3·N_work·D additions) and, with the gate, its Linear (2·N·D²) and gate·coarse + fine (2·N·D)."""
+        work = cube_fit(grid, self.cube, self.pad, self.layer_idx)
+        n, d, vol = grid.numel, self.dim, math.prod(self.cube)
+        m = work.numel // vol
+        kept = min(self.top_k, m)
+        maps = 4.0 * d * (m * vol * kept * vol + m * m)
+        other = 6.0 * n * d * d + 3.0 * work.numel * d
+        if self.gate is not None:
+            other += 2.0 * n * d * d + 2.0 * n * d
+        return AttentionCost(maps, other)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}[{'x'.join(map(str, self.cube))} k={self.top_k}]"
+
+    def extra_repr(self) -> str:
+        cubes = ", ".join("x".join(map(str, c)) for c in self.cubes)
+        return (
+            f"cube={'x'.join(map(str, self.cube))} (cycle [{cubes}]), k={self.top_k} (cycle {list(self.ks)}), "
+            f"pad={self.pad}, coarse_gate={self.gate is not None}, {super().extra_repr()}"
+        )
