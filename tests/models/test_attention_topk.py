@@ -10,7 +10,7 @@ from test_attention_windows import DIM, HEADS, inputs, layer, make_ctx, pre_o
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import ultragen.models.attention.base as attention_base
-from ultragen.models.attention import AttentionContext, FullAttention, VideoGrid
+from ultragen.models.attention import AttentionContext, FullAttention, Padding, VideoGrid
 from ultragen.models.attention.topk_block import TopKBlockAttention, cube_block_mask, cube_means
 from ultragen.models.blocks import SelfAttention
 from ultragen.models.rope import RotaryTables, apply_rope
@@ -117,7 +117,7 @@ CASES = [  # grid, cube, k, pad
 
 @pytest.mark.parametrize("grid,cube,k,pad", CASES)
 def test_selection_matches_brute_force(grid, cube, k, pad):
-    attn = layer(topk(cube=[cube], k=[k], pad=pad))
+    attn = layer(topk(cube=[cube], k=[k], padding=Padding(pad)))
     x = inputs(grid)
     expected, _, _ = brute_force(attn, x, grid, cube, k)
     selected = strategy_selection(attn, x, grid)
@@ -131,7 +131,7 @@ def test_selection_matches_brute_force(grid, cube, k, pad):
 def test_fine_plus_gated_coarse_matches_dense_reference(grid, cube, k, pad, with_gate):
     """Fine attention over the selected cubes (a dense mask on the padded tokens), plus gate(x) · coarse output
     broadcast per cube; under `replicate` the padded edge copies are keys and their outputs are dropped."""
-    strategy = topk(cube=[cube], k=[k], pad=pad, coarse_gate=with_gate)
+    strategy = topk(cube=[cube], k=[k], padding=Padding(pad), coarse_gate=with_gate)
     attn = layer(gated(strategy) if with_gate else strategy)
     x = inputs(grid)
     _, fine, coarse = brute_force(attn, x, grid, cube, k)
@@ -177,7 +177,7 @@ def test_key_outside_every_selected_cube_does_not_reach_the_query_cube():
 
 def test_gradients_reach_the_gate_the_shared_weights_and_x():
     grid = VideoGrid(3, 5, 7)
-    attn = layer(gated(topk(cube=[[2, 2, 2]], k=[5], pad="replicate")))
+    attn = layer(gated(topk(cube=[[2, 2, 2]], k=[5], padding=Padding("replicate"))))
     x = inputs(grid).requires_grad_(True)
     out = attn(x, make_ctx(grid))
     (out * torch.randn_like(out)).sum().backward()
@@ -195,7 +195,7 @@ def test_gradients_reach_the_gate_the_shared_weights_and_x():
 def test_pad_error_names_grid_cube_and_fix(grid):
     attn = layer(topk(cube=[[2, 2, 2]], k=[4]))
     with pytest.raises(ValueError, match=rf"token grid {grid} \(TxHxW\) is not divisible by the cube 2x2x2 of layer 0"
-                                         r".*set pad: replicate"):
+                                         r".*set padding: {policy: replicate}"):
         attn(inputs(grid), make_ctx(grid))
     with pytest.raises(ValueError, match="not divisible by the cube 2x2x2"):
         attn.strategy.cost(grid)
@@ -205,7 +205,7 @@ def test_replicate_on_a_divisible_grid_pads_nothing():
     grid = VideoGrid(2, 4, 6)
     x, ctx = inputs(grid), make_ctx(grid)
     error = layer(gated(topk(cube=[[1, 2, 3]], k=[3])))
-    replicate = layer(topk(cube=[[1, 2, 3]], k=[3], pad="replicate"))
+    replicate = layer(topk(cube=[[1, 2, 3]], k=[3], padding=Padding("replicate")))
     replicate.load_state_dict(error.state_dict())
     torch.testing.assert_close(replicate(x, ctx), error(x, ctx), rtol=0, atol=0)
     assert replicate.strategy.layout(grid).work == grid
@@ -215,7 +215,7 @@ def test_cube_and_k_cycle_per_layer():
     s = TopKBlockAttention(DIM, HEADS, 3, cube=[[4, 4, 4], [1, 2, 2]], k=[8, 16, 32])
     assert (s.cube, s.top_k) == ((1, 2, 2), 8)
     assert s.describe() == "TopKBlockAttention[1x2x2 k=8]"
-    assert "cube=1x2x2 (cycle [4x4x4, 1x2x2]), k=8 (cycle [8, 16, 32]), pad=error, coarse_gate=True" in repr(s)
+    assert "cube=1x2x2 (cycle [4x4x4, 1x2x2]), k=8 (cycle [8, 16, 32]), padding=error, coarse_gate=True" in repr(s)
 
 
 def test_bad_options_raise():
@@ -223,14 +223,14 @@ def test_bad_options_raise():
         topk(cube=[[4, 4]])
     with pytest.raises(ValueError, match="cube is empty"):
         topk(cube=[])
-    with pytest.raises(ValueError, match=r"k \[4, 0\] must be positive"):
+    with pytest.raises(ValueError, match=r"k=0 must be positive"):
         topk(k=[4, 0])
     with pytest.raises(ValueError, match="k is empty"):
         topk(k=[])
-    with pytest.raises(ValueError, match="pad='interpolate' is not supported"):
-        topk(pad="interpolate")
+    with pytest.raises(ValueError, match="padding policy interpolate would resize tokens across cubes"):
+        topk(padding=Padding("interpolate"))
     grid = VideoGrid(2, 4, 4)
-    attn = layer(topk(cube=[[1, 2, 3]], k=[2], pad="replicate", backend="flex"))
+    attn = layer(topk(cube=[[1, 2, 3]], k=[2], padding=Padding("replicate"), backend="flex"))
     with pytest.raises(ValueError, match=r"backend 'flex' needs cubes of a power-of-two .* cube 1x2x3 has 6"):
         attn(inputs(grid), make_ctx(grid))
 
@@ -243,7 +243,7 @@ def test_bad_options_raise():
 @pytest.mark.parametrize("grid,cube,k,pad", [*CASES, (VideoGrid(2, 4, 6), (1, 2, 3), 100, "error")])
 @pytest.mark.parametrize("with_gate", [False, True])
 def test_cost_counts_the_pairs_of_the_implied_dense_mask(grid, cube, k, pad, with_gate):
-    attn = layer(topk(cube=[cube], k=[k], pad=pad, coarse_gate=with_gate))
+    attn = layer(topk(cube=[cube], k=[k], padding=Padding(pad), coarse_gate=with_gate))
     x = inputs(grid, batch=1)
     selected, _, _ = brute_force(attn, x, grid, cube, k)
     cubes = cube_members(grid, cube)
@@ -282,7 +282,7 @@ def test_flex_path_equals_the_reference_path_on_cpu(monkeypatch, with_gate):
     """The `flex` path with eager FlexAttention (forward only on CPU; it applies the mask_mod per element)."""
     monkeypatch.setattr(attention_base, "compiled_flex_attention", lambda: flex_attention)
     grid = VideoGrid(3, 4, 8)  # 2x2x4 cubes: t pads 3 -> 4, 8 cubes of 16 tokens
-    options = dict(cube=[[2, 2, 4]], k=[3], pad="replicate", coarse_gate=with_gate)
+    options = dict(cube=[[2, 2, 4]], k=[3], padding=Padding("replicate"), coarse_gate=with_gate)
     strategy = topk(**options)
     reference = layer(gated(strategy) if with_gate else strategy)
     flex = layer(topk(**options, backend="flex"))
@@ -303,7 +303,7 @@ def cuda_pair(dtype: torch.dtype, dim: int = 128, heads: int = 2):
     layers = []
     for backend in ("math", "flex"):
         torch.manual_seed(0)
-        strategy = TopKBlockAttention(dim, heads, 0, backend=backend, cube=[[4, 4, 4]], k=[4], pad="replicate")
+        strategy = TopKBlockAttention(dim, heads, 0, backend=backend, cube=[[4, 4, 4]], k=[4], padding=Padding("replicate"))
         torch.nn.init.normal_(strategy.gate.weight, std=0.05)
         layers.append(SelfAttention(dim, heads, strategy).to("cuda", dtype))
     torch.manual_seed(1)

@@ -14,6 +14,7 @@ from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.multiscale import MultiScaleWindowAttention
 from ultragen.models.attention.options import CompressionOptions, LoRAOptions, Padding, WindowOptions
+from ultragen.models.attention.topk_block import TopKBlockAttention
 from ultragen.models.attention.window import LocalWindowAttention, SwinAttention
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "MultiScaleWindowAttention",
     "Padding",
     "SwinAttention",
+    "TopKBlockAttention",
     "UltraGenAttention",
     "VideoGrid",
     "WindowOptions",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,11 +27,9 @@ from ultragen.models.attention.base import (
     AttentionStrategy,
     VideoGrid,
 )
-from ultragen.models.attention.window import check_choice
+from ultragen.models.attention.options import Padding, counts_text, cycle, layer_schedule
 from ultragen.models.rope import apply_rope
 
-CubePad = Literal["error", "replicate"]
-CUBE_PADS = ("error", "replicate")
 
 
 #################################################################################
@@ -40,36 +37,30 @@ CUBE_PADS = ("error", "replicate")
 #################################################################################
 
 
-def cube_schedule(cubes: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]:
-    """Validate a per-layer list of cube sizes (t, h, w) in tokens and return it as tuples."""
-    if not cubes:
-        raise ValueError("cube is empty; give at least one cube size (t, h, w) in tokens, e.g. [[4, 4, 4]]")
-    out = tuple(tuple(int(n) for n in entry) for entry in cubes)
-    for entry in out:
-        if len(entry) != 3 or min(entry) < 1:
-            raise ValueError(f"cube entry {list(entry)} must be 3 positive token counts (t, h, w), e.g. [4, 4, 4]")
+def cube_entry(entry: Sequence[int]) -> tuple[int, int, int]:
+    """One cube size (t, h, w) in tokens, validated."""
+    out = tuple(int(n) for n in entry)
+    if len(out) != 3 or min(out) < 1:
+        raise ValueError(f"cube entry {list(out)} must be 3 positive token counts (t, h, w), e.g. [4, 4, 4]")
     return out
 
 
-def k_schedule(ks: Sequence[int]) -> tuple[int, ...]:
-    """Validate a per-layer list of key cubes kept per query cube and return it as a tuple."""
-    if not ks:
-        raise ValueError("k is empty; give a per-layer list of key cubes kept per query cube, e.g. [32]")
-    out = tuple(int(n) for n in ks)
-    if min(out) < 1:
-        raise ValueError(f"k {list(out)} must be positive; each query cube keeps k key cubes (k >= 1)")
-    return out
+def k_entry(k: int) -> int:
+    """One layer's count of key cubes kept per query cube, validated."""
+    if int(k) < 1:
+        raise ValueError(f"k={k} must be positive; each query cube keeps k key cubes (k >= 1)")
+    return int(k)
 
 
-def cube_fit(grid: VideoGrid, cube: Sequence[int], pad: CubePad, layer_idx: int) -> VideoGrid:
-    """Grid of whole cubes covering `grid` (each axis rounded up); raises under pad=error if that is not `grid`."""
+def cube_fit(grid: VideoGrid, cube: Sequence[int], pad: str, layer_idx: int) -> VideoGrid:
+    """Grid of whole cubes covering `grid` (each axis rounded up); raises under padding error if that is not `grid`."""
     work = VideoGrid(*(math.ceil(n / c) * c for n, c in zip(grid, cube)))
     if work != grid and pad == "error":
-        name = "x".join(map(str, cube))
+        name = counts_text(cube)
         raise ValueError(
             f"token grid {grid} (TxHxW) is not divisible by the cube {name} of layer {layer_idx}: T={grid.t}, "
             f"H={grid.h}, W={grid.w} must be multiples of {', '.join(map(str, cube))}; choose a video size whose "
-            "grid divides, change cube, or set pad: replicate"
+            "grid divides, change cube, or set padding: {policy: replicate}"
         )
     return work
 
@@ -169,7 +160,7 @@ class TopKBlockAttention(AttentionStrategy):
     of cubes keeps all of them. Global 3D RoPE is applied before the cubes are formed. Coarse scores are
     q̄ k̄ᵀ/√d of the float32 cube means, per head; the selection is not differentiated, the coarse output is.
 
-    `pad`: `error` raises on grids not divisible by the cube; `replicate` pads each axis at its far end to whole
+    `padding.policy`: `error` raises on grids not divisible by the cube; `replicate` pads each axis at its far end to whole
     cubes with copies of the edge tokens (their q, k, v, global RoPE positions included). The copies take part in
     the cube means and, as keys, in the fine and coarse attention of their cube (an edge token copied c times
     counts c times), as in the edge-padded grid; their outputs are dropped. On divisible grids nothing is padded.
@@ -189,13 +180,15 @@ class TopKBlockAttention(AttentionStrategy):
         *,
         cube: Sequence[Sequence[int]] = ((4, 4, 4),),
         k: Sequence[int] = (32,),
-        pad: CubePad = "error",
+        padding: Padding | None = None,
         coarse_gate: bool = True,
     ):
         super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
-        self.cubes = cube_schedule(cube)
-        self.ks = k_schedule(k)
-        self.pad = check_choice("pad", pad, CUBE_PADS)
+        self.cubes = layer_schedule("cube", cube, cube_entry)
+        self.ks = layer_schedule("k", k, k_entry)
+        self.padding = padding or Padding()
+        if self.padding.policy == "interpolate":
+            raise ValueError("padding policy interpolate would resize tokens across cubes; use error or replicate")
         self.gate = nn.Linear(dim, dim) if coarse_gate else None
         if self.gate is not None:
             nn.init.zeros_(self.gate.weight)
@@ -204,16 +197,16 @@ class TopKBlockAttention(AttentionStrategy):
     @property
     def cube(self) -> tuple[int, int, int]:
         """(t, h, w) tokens per cube in this layer."""
-        return self.cubes[self.layer_idx % len(self.cubes)]
+        return cycle(self.cubes, self.layer_idx)
 
     @property
     def top_k(self) -> int:
         """Key cubes kept per query cube in this layer (all of them where there are fewer)."""
-        return self.ks[self.layer_idx % len(self.ks)]
+        return cycle(self.ks, self.layer_idx)
 
     def layout(self, grid: VideoGrid, device: torch.device | str = "cpu") -> CubeLayout:
-        """This layer's cube layout on `grid` (raises under pad=error if the cube does not divide it)."""
-        cube_fit(grid, self.cube, self.pad, self.layer_idx)
+        """This layer's cube layout on `grid` (raises under padding error if the cube does not divide it)."""
+        cube_fit(grid, self.cube, self.padding.policy, self.layer_idx)
         return cube_layout(grid, self.cube, str(device))
 
     def cube_qkv(self, attn, x: Tensor, ctx: AttentionContext) -> tuple[CubeLayout, Tensor, Tensor, Tensor]:
@@ -265,7 +258,7 @@ class TopKBlockAttention(AttentionStrategy):
         """maps: QKᵀ and AV (4·D per pair) of the fine pairs on the padded grid, M·V queries × k·V keys, and of
         the coarse attention between the M cube means. other: the q/k/v projections (6·N·D²), the cube means of q,
         k and v (3·N_work·D additions) and, with the gate, its Linear (2·N·D²) and gate·coarse + fine (2·N·D)."""
-        work = cube_fit(grid, self.cube, self.pad, self.layer_idx)
+        work = cube_fit(grid, self.cube, self.padding.policy, self.layer_idx)
         n, d, vol = grid.numel, self.dim, math.prod(self.cube)
         m = work.numel // vol
         kept = min(self.top_k, m)
@@ -282,5 +275,5 @@ class TopKBlockAttention(AttentionStrategy):
         cubes = ", ".join("x".join(map(str, c)) for c in self.cubes)
         return (
             f"cube={'x'.join(map(str, self.cube))} (cycle [{cubes}]), k={self.top_k} (cycle {list(self.ks)}), "
-            f"pad={self.pad}, coarse_gate={self.gate is not None}, {super().extra_repr()}"
+            f"padding={self.padding.policy}, coarse_gate={self.gate is not None}, {super().extra_repr()}"
         )
