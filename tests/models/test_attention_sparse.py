@@ -330,7 +330,9 @@ def test_options_cycle_per_layer_and_show_in_repr():
     sta = SlidingTileAttention(DIM, HEADS, 3, tile=[[1, 2, 2], [2, 4, 4]], window=[[3, 3, 3]], pad="replicate")
     assert sta.describe() == "SlidingTileAttention[tile 2x4x4, window 3x3x3]"
     assert "tile=2x4x4 (cycle [1x2x2, 2x4x4])" in repr(sta) and "pad=replicate" in repr(sta)
-    nabla = AdaptiveBlockAttention(DIM, HEADS, 2, block=[[1, 2, 4]], threshold=[0.9, 0.8, 0.7], sliding_window=[[1, 3, 3]])
+    nabla = AdaptiveBlockAttention(
+        DIM, HEADS, 2, block=[[1, 2, 4]], threshold=[0.9, 0.8, 0.7], sliding_window=[[1, 3, 3]]
+    )
     assert nabla.describe() == "AdaptiveBlockAttention[block 1x2x4, threshold 0.7, window 1x3x3]"
     assert "threshold=0.7 (cycle [0.9, 0.8, 0.7])" in repr(nabla)
 

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, AttentionStrategy, VideoGrid
+from ultragen.models.attention.base import (
+    AttentionBackend,
+    AttentionContext,
+    AttentionCost,
+    AttentionStrategy,
+    VideoGrid,
+)
 from ultragen.models.attention.sliding_tile import (
     TILE_PADS,
     TileLayout,
@@ -43,7 +49,8 @@ class AdaptiveBlockAttention(AttentionStrategy):
     block; the pooled map softmax(q̄ k̄ᵀ / √head_dim) is computed per sample and head without gradient (the
     selection is discrete); threshold 1.0 keeps every block and skips the map. Attention then runs over the tokens
     of the kept blocks only. With the `flex` backend the BlockMask follows the data, so it is built on every call
-    (from the block indices, no per-token mask) and never cached. pad: error | replicate as in
+    (from the block indices, no per-token mask) and never cached; the other backends run the gathered-block
+    reference (keys copied per query block: for CPU and small grids). pad: error | replicate as in
     `SlidingTileAttention` (replicated edge tokens also enter the block means). No weights of its own.
     """
 
@@ -67,10 +74,10 @@ class AdaptiveBlockAttention(AttentionStrategy):
         self.threshold = tuple(float(p) for p in threshold)
         for p in self.threshold:
             if not 0.0 < p <= 1.0:
-                raise ValueError(f"threshold entry {p} is not in (0, 1]; use a mass such as 0.9 (1.0 keeps every block)")
-        self.sliding_window = (
-            None if sliding_window is None else triple_schedule("sliding_window", sliding_window, "block counts", "[[3, 3, 3]]")
-        )
+                raise ValueError(f"threshold entry {p} is not in (0, 1]; use a mass like 0.9 (1.0 keeps every block)")
+        self.sliding_window = None
+        if sliding_window is not None:
+            self.sliding_window = triple_schedule("sliding_window", sliding_window, "block counts", "[[1, 3, 3]]")
         self.pad = check_choice("pad", pad, TILE_PADS)
 
     @property

@@ -60,7 +60,7 @@ def check_flex_block(volume: int, what: str) -> int:
     if volume % 128 and not (volume >= 16 and volume & (volume - 1) == 0):
         raise ValueError(
             f"{what} has {volume} tokens, which FlexAttention cannot use as a block (it needs a multiple of 128 or a "
-            "power of two from 16); choose such a tile or attention_backend: sdpa"
+            "power of two from 16); choose such a size or attention_backend: sdpa"
         )
     return volume
 
@@ -77,7 +77,7 @@ def tile_work_grid(grid: VideoGrid, tile: Sequence[int], pad: TilePad, what: str
     if pad == "error":
         raise ValueError(
             f"token grid {grid} (TxHxW) is not divisible by the {what}: T, H and W must be multiples of "
-            f"{', '.join(map(str, tile))}; choose a tile that divides the grid or set pad: replicate"
+            f"{', '.join(map(str, tile))}; choose a size that divides the grid or set pad: replicate"
         )
     return VideoGrid(*(math.ceil(n / s) * s for n, s in zip(grid, tile)))
 
@@ -238,7 +238,9 @@ class SlidingTileAttention(AttentionStrategy):
     (not clipped), so every query tile attends the same min(window, tiles) key tiles per axis. Global 3D RoPE is
     applied before tiling. Grids not divisible by the tile raise under pad=error; pad=replicate pads the grid to
     whole tiles by repeating its last frame, row and column (padded tokens are keys and values like any other;
-    their query outputs are dropped). No weights of its own.
+    their query outputs are dropped). The `flex` backend runs FlexAttention with a BlockMask of one block per tile,
+    cached per grid; the other backends run the gathered-tile reference (keys copied per query tile: for CPU and
+    small grids). No weights of its own.
     """
 
     def __init__(
@@ -291,7 +293,8 @@ class SlidingTileAttention(AttentionStrategy):
 
     def cost(self, grid: VideoGrid) -> AttentionCost:
         """What the block-sparse kernel computes: every query tile of the padded grid against its whole key tiles,
-        4 · N_work · (key tiles per query tile) · volume · D; q/k/v projections 6 · N · D² on the unpadded grid."""
+        4 · N_work · (key tiles per query tile) · volume · D; q/k/v projections 6 · N · D² on the unpadded
+        grid."""
         work = tile_work_grid(grid, self.layer_tile, self.pad, self.what())
         counts = (n // s for n, s in zip(work, self.layer_tile))
         key_tiles = math.prod(min(w, n) for w, n in zip(self.layer_window, counts))
