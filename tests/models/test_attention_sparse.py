@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from test_attention_windows import DIM, HEADS, inputs, layer, make_ctx, pre_o
 from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
-from ultragen.models.attention import FullAttention, VideoGrid
+from ultragen.models.attention import FullAttention, Padding, VideoGrid
 from ultragen.models.attention.adaptive_block import AdaptiveBlockAttention
 from ultragen.models.attention.sliding_tile import (
     SlidingTileAttention,
@@ -202,7 +202,7 @@ def test_sta_output_ignores_keys_outside_the_tile_window(query):
 def test_non_divisible_grid_error_names_grid_tile_layer_and_fix(cls, key):
     grid = VideoGrid(3, 5, 7)
     attn = layer(cls(DIM, HEADS, 2, **{key: [[2, 2, 2]]}))
-    with pytest.raises(ValueError, match=rf"token grid 3x5x7 .* {key} 2x2x2 of layer 2.*set pad: replicate"):
+    with pytest.raises(ValueError, match=rf"token grid 3x5x7 .* {key} 2x2x2 of layer 2.*set padding: {{policy: replicate}}"):
         attn(inputs(grid), make_ctx(grid))
     with pytest.raises(ValueError, match=rf"{key} 2x2x2 of layer 2"):
         attn.strategy.cost(grid)
@@ -211,7 +211,7 @@ def test_non_divisible_grid_error_names_grid_tile_layer_and_fix(cls, key):
 @pytest.mark.parametrize("tile,window", [((2, 2, 2), (1, 2, 2)), ((2, 3, 4), (3, 3, 3)), ((1, 2, 3), (2, 1, 2))])
 def test_sta_replicate_pads_with_edge_tokens(tile, window):
     grid = VideoGrid(3, 5, 7)
-    attn = layer(SlidingTileAttention(DIM, HEADS, 0, tile=[tile], window=[window], pad="replicate"))
+    attn = layer(SlidingTileAttention(DIM, HEADS, 0, tile=[tile], window=[window], padding=Padding("replicate")))
     x = inputs(grid)
     torch.testing.assert_close(pre_o(attn, x, grid), sta_reference(attn, x, grid, tile, window), rtol=1e-5, atol=1e-5)
 
@@ -231,7 +231,7 @@ def test_sta_replicate_pads_with_edge_tokens(tile, window):
 )
 def test_adaptive_selection_and_output_match_brute_force(grid, block, threshold, window):
     strategy = AdaptiveBlockAttention(
-        DIM, HEADS, 0, block=[block], threshold=[threshold], pad="replicate",
+        DIM, HEADS, 0, block=[block], threshold=[threshold], padding=Padding("replicate"),
         sliding_window=None if window is None else [window],
     )
     attn = layer(strategy)
@@ -253,8 +253,8 @@ def test_adaptive_selection_and_output_match_brute_force(grid, block, threshold,
 @pytest.mark.parametrize(
     "strategy",
     [
-        lambda: SlidingTileAttention(DIM, HEADS, 0, tile=[[1, 2, 2]], window=[[1, 3, 3]], pad="replicate"),
-        lambda: AdaptiveBlockAttention(DIM, HEADS, 0, block=[[1, 2, 4]], threshold=[0.5], pad="replicate"),
+        lambda: SlidingTileAttention(DIM, HEADS, 0, tile=[[1, 2, 2]], window=[[1, 3, 3]], padding=Padding("replicate")),
+        lambda: AdaptiveBlockAttention(DIM, HEADS, 0, block=[[1, 2, 4]], threshold=[0.5], padding=Padding("replicate")),
     ],
     ids=["sta", "adaptive"],
 )
@@ -278,7 +278,7 @@ def test_gradients_reach_every_parameter_and_the_input(strategy):
     ],
 )
 def test_sta_cost_counts_the_pairs_of_whole_tiles(grid, tile, window, pad):
-    strategy = SlidingTileAttention(DIM, HEADS, 0, tile=[tile], window=[window], pad=pad)
+    strategy = SlidingTileAttention(DIM, HEADS, 0, tile=[tile], window=[window], padding=Padding(pad))
     pairs = int(sta_token_mask(padded_grid(grid, tile), tile, window).sum())
     cost = strategy.cost(grid)
     assert cost.maps == 4.0 * pairs * DIM
@@ -290,10 +290,10 @@ def test_sta_cost_counts_the_pairs_of_whole_tiles(grid, tile, window, pad):
 def test_adaptive_cost_bounds_and_counts_a_selection():
     grid, block = VideoGrid(3, 5, 7), (2, 2, 4)
     work = padded_grid(grid, block)  # 4x6x8: 2x3x2 = 12 blocks of 16 tokens
-    dense = AdaptiveBlockAttention(DIM, HEADS, 0, block=[block], threshold=[1.0], pad="replicate")
+    dense = AdaptiveBlockAttention(DIM, HEADS, 0, block=[block], threshold=[1.0], padding=Padding("replicate"))
     assert dense.cost(grid).maps == 4.0 * work.numel**2 * DIM
     assert dense.cost(grid).other == 6.0 * grid.numel * DIM**2  # threshold 1: no pooled map
-    strategy = AdaptiveBlockAttention(DIM, HEADS, 0, block=[block], threshold=[0.5], pad="replicate")
+    strategy = AdaptiveBlockAttention(DIM, HEADS, 0, block=[block], threshold=[0.5], padding=Padding("replicate"))
     attn = layer(strategy)
     x = inputs(grid) * 3.0
     _, keep = nabla_reference(attn, x, grid, block, 0.5)
@@ -316,8 +316,8 @@ def test_bad_options_raise():
         SlidingTileAttention(DIM, HEADS, 0, tile=[[4, 8]])
     with pytest.raises(ValueError, match="window is empty"):
         SlidingTileAttention(DIM, HEADS, 0, window=[])
-    with pytest.raises(ValueError, match="pad='interpolate' is not supported"):
-        SlidingTileAttention(DIM, HEADS, 0, pad="interpolate")
+    with pytest.raises(ValueError, match="padding policy interpolate would resize tokens across tiles"):
+        SlidingTileAttention(DIM, HEADS, 0, padding=Padding("interpolate"))
     with pytest.raises(ValueError, match=r"threshold entry 1.5 is not in \(0, 1\]"):
         AdaptiveBlockAttention(DIM, HEADS, 0, threshold=[0.9, 1.5])
     with pytest.raises(ValueError, match=r"threshold entry 0.0 is not in \(0, 1\]"):
@@ -327,9 +327,9 @@ def test_bad_options_raise():
 
 
 def test_options_cycle_per_layer_and_show_in_repr():
-    sta = SlidingTileAttention(DIM, HEADS, 3, tile=[[1, 2, 2], [2, 4, 4]], window=[[3, 3, 3]], pad="replicate")
+    sta = SlidingTileAttention(DIM, HEADS, 3, tile=[[1, 2, 2], [2, 4, 4]], window=[[3, 3, 3]], padding=Padding("replicate"))
     assert sta.describe() == "SlidingTileAttention[tile 2x4x4, window 3x3x3]"
-    assert "tile=2x4x4 (cycle [1x2x2, 2x4x4])" in repr(sta) and "pad=replicate" in repr(sta)
+    assert "tile=2x4x4 (cycle [1x2x2, 2x4x4])" in repr(sta) and "padding=replicate" in repr(sta)
     nabla = AdaptiveBlockAttention(
         DIM, HEADS, 2, block=[[1, 2, 4]], threshold=[0.9, 0.8, 0.7], sliding_window=[[1, 3, 3]]
     )
@@ -369,8 +369,8 @@ def test_block_mask_equals_create_block_mask(shape):
 
 FLEX_CASES = [
     (SlidingTileAttention, dict(tile=[[1, 4, 4]], window=[[3, 1, 3]])),
-    (SlidingTileAttention, dict(tile=[[2, 4, 4]], window=[[1, 3, 3]], pad="replicate")),
-    (AdaptiveBlockAttention, dict(block=[[2, 4, 4]], threshold=[0.5], pad="replicate")),
+    (SlidingTileAttention, dict(tile=[[2, 4, 4]], window=[[1, 3, 3]], padding=Padding("replicate"))),
+    (AdaptiveBlockAttention, dict(block=[[2, 4, 4]], threshold=[0.5], padding=Padding("replicate"))),
     (AdaptiveBlockAttention, dict(block=[[1, 4, 4]], threshold=[0.3], sliding_window=[[1, 1, 3]])),
 ]
 FLEX_IDS = ["sta", "sta-replicate", "adaptive-replicate", "adaptive-window"]
@@ -394,9 +394,9 @@ def test_flex_forward_matches_the_reference_on_cpu(cls, options):
 
 GPU_CASES = [
     (SlidingTileAttention, dict(tile=[[1, 4, 4]], window=[[3, 3, 3]])),
-    (SlidingTileAttention, dict(tile=[[2, 8, 8]], window=[[3, 1, 3]], pad="replicate")),
-    (AdaptiveBlockAttention, dict(block=[[1, 4, 8]], threshold=[0.7], pad="replicate")),
-    (AdaptiveBlockAttention, dict(block=[[2, 8, 8]], threshold=[0.5], sliding_window=[[1, 1, 3]], pad="replicate")),
+    (SlidingTileAttention, dict(tile=[[2, 8, 8]], window=[[3, 1, 3]], padding=Padding("replicate"))),
+    (AdaptiveBlockAttention, dict(block=[[1, 4, 8]], threshold=[0.7], padding=Padding("replicate"))),
+    (AdaptiveBlockAttention, dict(block=[[2, 8, 8]], threshold=[0.5], sliding_window=[[1, 1, 3]], padding=Padding("replicate"))),
 ]
 GPU_IDS = ["sta-16", "sta-128-replicate", "adaptive-32-replicate", "adaptive-128-window"]
 

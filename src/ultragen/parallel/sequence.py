@@ -158,7 +158,8 @@ class SequenceShards:
         return AllGather.apply(x, self.group, 1, True)[:, : self.tokens]
 
     def to_heads(self, x: Tensor, dim: int) -> Tensor:
-        """(B, N_padded / sp, ..., H, ...) with heads at `dim` -> (B, N, ..., H / sp, ...): all tokens, 1/sp of the heads."""
+        """(B, N_padded / sp, ..., H, ...) with heads at `dim` -> (B, N, ..., H / sp, ...): all tokens, 1/sp of the
+        heads."""
         return AllToAll.apply(x, self.group, dim, 1)[:, : self.tokens]
 
     def to_tokens(self, x: Tensor, dim: int) -> Tensor:

@@ -1,5 +1,6 @@
 """Attention strategies over a shared kernel function; see base.py for the seam."""
 
+from ultragen.models.attention.adaptive_block import AdaptiveBlockAttention
 from ultragen.models.attention.base import (
     BACKENDS,
     AttentionBackend,
@@ -14,10 +15,12 @@ from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.multiscale import MultiScaleWindowAttention
 from ultragen.models.attention.options import CompressionOptions, LoRAOptions, Padding, WindowOptions
+from ultragen.models.attention.sliding_tile import SlidingTileAttention
 from ultragen.models.attention.topk_block import TopKBlockAttention
 from ultragen.models.attention.window import LocalWindowAttention, SwinAttention
 
 __all__ = [
+    "AdaptiveBlockAttention",
     "BACKENDS",
     "AttentionBackend",
     "AttentionContext",
@@ -30,6 +33,7 @@ __all__ = [
     "LocalWindowAttention",
     "MultiScaleWindowAttention",
     "Padding",
+    "SlidingTileAttention",
     "SwinAttention",
     "TopKBlockAttention",
     "UltraGenAttention",

@@ -14,22 +14,24 @@ from ultragen.models.attention.base import (
     AttentionCost,
     AttentionStrategy,
     VideoGrid,
-)
-from ultragen.models.attention.sliding_tile import (
-    TILE_PADS,
-    TileLayout,
-    TilePad,
-    block_mask_from_blocks,
     check_flex_block,
-    fmt,
+)
+from ultragen.models.attention.options import Padding, block_entry, block_fit, counts_text, cycle, layer_schedule
+from ultragen.models.attention.sliding_tile import (
+    TileLayout,
+    block_mask_from_blocks,
     gathered_block_attention,
     sliding_tile_blocks,
     tile_layout,
     tile_major_qkv,
-    tile_work_grid,
-    triple_schedule,
 )
-from ultragen.models.attention.window import check_choice
+
+
+def mass(p: float) -> float:
+    """One layer's cumulative-mass threshold, validated to lie in (0, 1]."""
+    if not 0.0 < float(p) <= 1.0:
+        raise ValueError(f"threshold entry {float(p)} is not in (0, 1]; use a mass like 0.9 (1.0 keeps every block)")
+    return float(p)
 
 
 def top_mass_blocks(probs: Tensor, threshold: float) -> Tensor:
@@ -50,7 +52,7 @@ class AdaptiveBlockAttention(AttentionStrategy):
     selection is discrete); threshold 1.0 keeps every block and skips the map. Attention then runs over the tokens
     of the kept blocks only. With the `flex` backend the BlockMask follows the data, so it is built on every call
     (from the block indices, no per-token mask) and never cached; the other backends run the gathered-block
-    reference (keys copied per query block: for CPU and small grids). pad: error | replicate as in
+    reference (keys copied per query block: for CPU and small grids). Padding error | replicate as in
     `SlidingTileAttention` (replicated edge tokens also enter the block means). No weights of its own.
     """
 
@@ -65,42 +67,39 @@ class AdaptiveBlockAttention(AttentionStrategy):
         block: Sequence[Sequence[int]] = ((4, 8, 8),),
         threshold: Sequence[float] = (0.9,),
         sliding_window: Sequence[Sequence[int]] | None = None,
-        pad: TilePad = "error",
+        padding: Padding | None = None,
     ):
         super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
-        self.block = triple_schedule("block", block, "token counts", "[[4, 8, 8]]")
-        if not threshold:
-            raise ValueError("threshold is empty; give a per-layer list such as [0.9]")
-        self.threshold = tuple(float(p) for p in threshold)
-        for p in self.threshold:
-            if not 0.0 < p <= 1.0:
-                raise ValueError(f"threshold entry {p} is not in (0, 1]; use a mass like 0.9 (1.0 keeps every block)")
+        self.block = layer_schedule("block", block, block_entry("block", "token counts"))
+        self.threshold = layer_schedule("threshold", threshold, mass)
         self.sliding_window = None
         if sliding_window is not None:
-            self.sliding_window = triple_schedule("sliding_window", sliding_window, "block counts", "[[1, 3, 3]]")
-        self.pad = check_choice("pad", pad, TILE_PADS)
+            self.sliding_window = layer_schedule(
+                "sliding_window", sliding_window, block_entry("sliding_window", "block counts")
+            )
+        self.padding = (padding or Padding()).without_resizing("blocks")
 
     @property
     def layer_block(self) -> tuple[int, int, int]:
         """(t, h, w) tokens per block in this layer."""
-        return self.block[self.layer_idx % len(self.block)]
+        return cycle(self.block, self.layer_idx)
 
     @property
     def layer_threshold(self) -> float:
         """Cumulative pooled-attention mass each query block keeps in this layer."""
-        return self.threshold[self.layer_idx % len(self.threshold)]
+        return cycle(self.threshold, self.layer_idx)
 
     @property
     def layer_window(self) -> tuple[int, int, int] | None:
         """(t, h, w) blocks of this layer's sliding-tile neighbourhood, or None."""
-        return None if self.sliding_window is None else self.sliding_window[self.layer_idx % len(self.sliding_window)]
+        return None if self.sliding_window is None else cycle(self.sliding_window, self.layer_idx)
 
     def what(self) -> str:
-        return f"block {fmt(self.layer_block)} of layer {self.layer_idx}"
+        return f"block {counts_text(self.layer_block)} of layer {self.layer_idx}"
 
     def layout(self, grid: VideoGrid, device: torch.device | str = "cpu") -> TileLayout:
-        """Block-major layout of `grid` (raises under pad=error if the block does not divide it)."""
-        work = tile_work_grid(grid, self.layer_block, self.pad, self.what())
+        """Block-major layout of `grid` (raises under padding error if the block does not divide it)."""
+        work = block_fit(grid, self.layer_block, self.padding.policy, self.what())
         return tile_layout(grid, work, self.layer_block, str(device))
 
     def select(self, q: Tensor, k: Tensor, layout: TileLayout) -> Tensor:
@@ -134,7 +133,7 @@ class AdaptiveBlockAttention(AttentionStrategy):
         """FLOPs besides the kept blocks' maps: q/k/v projections 6 · N · D² on the unpadded grid; below threshold 1
         also the block means (N_work · D additions each for q and k) and the pooled scores 2 · T² · D (softmax,
         sort and cumulative sum are not counted)."""
-        work = tile_work_grid(grid, self.layer_block, self.pad, self.what())
+        work = block_fit(grid, self.layer_block, self.padding.policy, self.what())
         other = 6.0 * grid.numel * self.dim**2
         if self.layer_threshold < 1.0:
             blocks = work.numel // math.prod(self.layer_block)
@@ -145,7 +144,7 @@ class AdaptiveBlockAttention(AttentionStrategy):
         """Upper bound: the selection depends on the data, so maps count every block pair of the padded grid,
         4 · N_work² · D, as the kernel does when every block is kept (always so at threshold 1); `selection_cost`
         counts an actual selection."""
-        work = tile_work_grid(grid, self.layer_block, self.pad, self.what())
+        work = block_fit(grid, self.layer_block, self.padding.policy, self.what())
         return AttentionCost(4.0 * work.numel**2 * self.dim, self.overhead(grid))
 
     def selection_cost(self, grid: VideoGrid, keep: Tensor) -> AttentionCost:
@@ -156,14 +155,15 @@ class AdaptiveBlockAttention(AttentionStrategy):
         return AttentionCost(4.0 * pairs * math.prod(self.layer_block) ** 2 * self.head_dim, self.overhead(grid))
 
     def describe(self) -> str:
-        window = "" if self.layer_window is None else f", window {fmt(self.layer_window)}"
-        return f"{type(self).__name__}[block {fmt(self.layer_block)}, threshold {self.layer_threshold:g}{window}]"
+        window = "" if self.layer_window is None else f", window {counts_text(self.layer_window)}"
+        block = counts_text(self.layer_block)
+        return f"{type(self).__name__}[block {block}, threshold {self.layer_threshold:g}{window}]"
 
     def extra_repr(self) -> str:
-        blocks = ", ".join(map(fmt, self.block))
+        blocks = ", ".join(map(counts_text, self.block))
         thresholds = ", ".join(f"{p:g}" for p in self.threshold)
-        window = "none" if self.sliding_window is None else ", ".join(map(fmt, self.sliding_window))
+        window = "none" if self.sliding_window is None else ", ".join(map(counts_text, self.sliding_window))
         return (
-            f"block={fmt(self.layer_block)} (cycle [{blocks}]), threshold={self.layer_threshold:g} "
-            f"(cycle [{thresholds}]), sliding_window=[{window}], pad={self.pad}, {super().extra_repr()}"
+            f"block={counts_text(self.layer_block)} (cycle [{blocks}]), threshold={self.layer_threshold:g} "
+            f"(cycle [{thresholds}]), sliding_window=[{window}], padding={self.padding.policy}, {super().extra_repr()}"
         )

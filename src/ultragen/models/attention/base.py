@@ -112,7 +112,8 @@ def resolve_layers(name: str, layers: Sequence[int], num_layers: int) -> list[in
     bad = [i for i in layers if not -num_layers <= i < num_layers]
     if bad:
         raise ValueError(
-            f"{name} {bad} out of range for num_layers={num_layers}; use indices from {-num_layers} to {num_layers - 1} "
+            f"{name} {bad} out of range for num_layers={num_layers}; use indices from {-num_layers} to "
+            f"{num_layers - 1} "
             "(negative ones count from the last layer)"
         )
     return sorted({i % num_layers for i in layers})
@@ -142,6 +143,19 @@ def attention(
         with sdpa_kernel(kernels):
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     return out.transpose(1, 2).flatten(2)
+
+
+def check_flex_block(volume: int, what: str) -> int:
+    """`volume` if FlexAttention's GPU kernels take it as a block size, else raise naming `what` and the fix.
+
+    The kernels' tiles (BLOCK_M/BLOCK_N) are at most 128 and must divide the block; powers of two from 16 shrink the
+    tiles to fit."""
+    if volume % 128 and not (volume >= 16 and volume & (volume - 1) == 0):
+        raise ValueError(
+            f"{what} has {volume} tokens, which FlexAttention cannot use as a block (it needs a multiple of 128 or a "
+            "power of two from 16); choose such a size or attention_backend: sdpa"
+        )
+    return volume
 
 
 class AttentionBackend:

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, AttentionStrategy, VideoGrid
+from ultragen.models.attention.base import (
+    AttentionBackend,
+    AttentionContext,
+    AttentionCost,
+    AttentionStrategy,
+    VideoGrid,
+)
 from ultragen.models.attention.options import (
     UP_INITS,
     Compression,

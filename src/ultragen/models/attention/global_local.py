@@ -7,7 +7,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, AttentionStrategy, VideoGrid
+from ultragen.models.attention.base import (
+    AttentionBackend,
+    AttentionContext,
+    AttentionCost,
+    AttentionStrategy,
+    VideoGrid,
+)
 from ultragen.models.attention.global_compressed import GlobalCompressedAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.options import CompressionOptions, LoRAOptions, Padding, WindowOptions, check_choice

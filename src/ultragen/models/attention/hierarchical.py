@@ -83,4 +83,5 @@ class HierarchicalAttention(GlobalCompressedAttention):
         return f"{type(self).__name__}[{counts_text(self.window_grid)}]"
 
     def extra_repr(self) -> str:
-        return f"windows={self.windows.describe(self.layer_idx)}, window_rope={self.windows.rope}, {super().extra_repr()}"
+        windows = self.windows.describe(self.layer_idx)
+        return f"windows={windows}, window_rope={self.windows.rope}, {super().extra_repr()}"

@@ -62,7 +62,8 @@ class MultiScaleWindowAttention(AttentionStrategy):
     def cost(self, grid: VideoGrid) -> AttentionCost:
         """Close and remote windows have the same shapes: twice one partition's maps."""
         self.check(grid)
-        return AttentionCost(2 * windows_maps(self.dim, window_shapes(grid, self.counts)), 6.0 * grid.numel * self.dim**2)
+        maps = 2 * windows_maps(self.dim, window_shapes(grid, self.counts))
+        return AttentionCost(maps, 6.0 * grid.numel * self.dim**2)
 
     def describe(self) -> str:
         return f"{type(self).__name__}[{counts_text(self.counts)}]"

@@ -72,6 +72,18 @@ def counts_text(counts: Sequence[int]) -> str:
     return "x".join(map(str, counts))
 
 
+def block_entry(name: str, unit: str) -> Callable[[Sequence[int]], tuple[int, int, int]]:
+    """Check of one per-layer (t, h, w) entry of positive ints counted in `unit` (tokens, tiles, blocks)."""
+
+    def check(entry: Sequence[int]) -> tuple[int, int, int]:
+        out = tuple(int(n) for n in entry)
+        if len(out) != 3 or min(out) < 1:
+            raise ValueError(f"{name} entry {list(out)} must be 3 positive {unit} (t, h, w), e.g. [4, 8, 8]")
+        return out
+
+    return check
+
+
 #################################################################################
 #                                 Option objects                                #
 #################################################################################
@@ -90,6 +102,15 @@ class Padding:
 
     def __post_init__(self) -> None:
         check_choice("padding.policy", self.policy, PAD_POLICIES)
+
+    def without_resizing(self, what: str) -> "Padding":
+        """Self, unless the policy is `interpolate`, which `what` (3D blocks of tokens) cannot use: raises then."""
+        if self.policy == "interpolate":
+            raise ValueError(
+                f"padding policy interpolate would resize tokens across {what}; use padding: {{policy: replicate}} or "
+                "error"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,19 @@ class LoRAOptions:
 #################################################################################
 #                             Grid fitting and resizing                         #
 #################################################################################
+
+
+def block_fit(grid: VideoGrid, block: Sequence[int], policy: PadPolicy, what: str) -> VideoGrid:
+    """`grid` padded at its far ends to whole 3D blocks of `block` (t, h, w) tokens (itself if they divide it);
+    raises naming `what` and the fix under the `error` policy."""
+    if all(n % s == 0 for n, s in zip(grid, block)):
+        return grid
+    if policy == "error":
+        raise ValueError(
+            f"token grid {grid} (TxHxW) is not divisible by the {what}: T, H and W must be multiples of "
+            f"{', '.join(map(str, block))}; choose a size that divides the grid or set padding: {{policy: replicate}}"
+        )
+    return VideoGrid(*(math.ceil(n / s) * s for n, s in zip(grid, block)))
 
 
 def nearest_multiple(size: int, m: int) -> int:

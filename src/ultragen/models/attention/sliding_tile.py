@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -23,69 +22,20 @@ from ultragen.models.attention.base import (
     AttentionCost,
     AttentionStrategy,
     VideoGrid,
+    check_flex_block,
 )
-from ultragen.models.attention.window import check_choice
+from ultragen.models.attention.options import Padding, block_entry, block_fit, counts_text, cycle, layer_schedule
 from ultragen.models.rope import apply_rope
-
-TilePad = Literal["error", "replicate"]
-TILE_PADS = ("error", "replicate")
-
-
-#################################################################################
-#                                Option checking                                #
-#################################################################################
-
-
-def triple_schedule(name: str, values: Sequence[Sequence[int]], unit: str, example: str) -> tuple[tuple[int, ...], ...]:
-    """Validate a per-layer list of (t, h, w) triples of positive ints counted in `unit`; return it as tuples."""
-    if not values:
-        raise ValueError(f"{name} is empty; give a per-layer list such as {example}")
-    out = tuple(tuple(int(n) for n in entry) for entry in values)
-    for entry in out:
-        if len(entry) != 3 or min(entry) < 1:
-            raise ValueError(f"{name} entry {list(entry)} must be 3 positive {unit} (t, h, w), e.g. {example}")
-    return out
-
-
-def fmt(triple: Sequence[int]) -> str:
-    """(4, 8, 8) -> '4x8x8'."""
-    return "x".join(map(str, triple))
-
-
-def check_flex_block(volume: int, what: str) -> int:
-    """`volume` if FlexAttention's GPU kernels take it as a block size, else raise naming `what` and the fix.
-
-    The kernels' tiles (BLOCK_M/BLOCK_N) are at most 128 and must divide the block; powers of two from 16 shrink the
-    tiles to fit."""
-    if volume % 128 and not (volume >= 16 and volume & (volume - 1) == 0):
-        raise ValueError(
-            f"{what} has {volume} tokens, which FlexAttention cannot use as a block (it needs a multiple of 128 or a "
-            "power of two from 16); choose such a size or attention_backend: sdpa"
-        )
-    return volume
-
 
 #################################################################################
 #                                  Tile layout                                  #
 #################################################################################
 
 
-def tile_work_grid(grid: VideoGrid, tile: Sequence[int], pad: TilePad, what: str) -> VideoGrid:
-    """Grid padded to whole tiles under `pad` (`grid` itself if it divides); raises under `error` otherwise."""
-    if all(n % s == 0 for n, s in zip(grid, tile)):
-        return grid
-    if pad == "error":
-        raise ValueError(
-            f"token grid {grid} (TxHxW) is not divisible by the {what}: T, H and W must be multiples of "
-            f"{', '.join(map(str, tile))}; choose a size that divides the grid or set pad: replicate"
-        )
-    return VideoGrid(*(math.ceil(n / s) * s for n, s in zip(grid, tile)))
-
-
 class TileLayout:
     """Tiles of `tile` tokens over `grid` as one tile-major token order.
 
-    `work` is `grid` padded to whole tiles (`tile_work_grid`); padding repeats its last frame, row and column:
+    `work` is `grid` padded to whole tiles (`block_fit`); padding repeats its last frame, row and column:
     a padded token is a copy of the nearest edge token (as query its output is dropped; as key and value it counts
     like any other token). `order[j]`: grid token of the j-th tile-major token; `inverse[i]`: position in `order` of
     grid token i; `counts`: tiles per axis; `tiles`: their number; `volume`: tokens per tile.
@@ -253,29 +203,29 @@ class SlidingTileAttention(AttentionStrategy):
         *,
         tile: Sequence[Sequence[int]] = ((4, 8, 8),),
         window: Sequence[Sequence[int]] = ((3, 3, 3),),
-        pad: TilePad = "error",
+        padding: Padding | None = None,
     ):
         super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
-        self.tile = triple_schedule("tile", tile, "token counts", "[[4, 8, 8]]")
-        self.window = triple_schedule("window", window, "tile counts", "[[3, 3, 3]]")
-        self.pad = check_choice("pad", pad, TILE_PADS)
+        self.tile = layer_schedule("tile", tile, block_entry("tile", "token counts"))
+        self.window = layer_schedule("window", window, block_entry("window", "tile counts"))
+        self.padding = (padding or Padding()).without_resizing("tiles")
 
     @property
     def layer_tile(self) -> tuple[int, int, int]:
         """(t, h, w) tokens per tile in this layer."""
-        return self.tile[self.layer_idx % len(self.tile)]
+        return cycle(self.tile, self.layer_idx)
 
     @property
     def layer_window(self) -> tuple[int, int, int]:
         """(t, h, w) tiles per window in this layer."""
-        return self.window[self.layer_idx % len(self.window)]
+        return cycle(self.window, self.layer_idx)
 
     def what(self) -> str:
-        return f"tile {fmt(self.layer_tile)} of layer {self.layer_idx}"
+        return f"tile {counts_text(self.layer_tile)} of layer {self.layer_idx}"
 
     def layout(self, grid: VideoGrid, device: torch.device | str = "cpu") -> TileLayout:
-        """Tile-major layout of `grid` (raises under pad=error if the tile does not divide it)."""
-        work = tile_work_grid(grid, self.layer_tile, self.pad, self.what())
+        """Tile-major layout of `grid` (raises under padding error if the tile does not divide it)."""
+        work = block_fit(grid, self.layer_tile, self.padding.policy, self.what())
         return tile_layout(grid, work, self.layer_tile, str(device))
 
     def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
@@ -295,18 +245,19 @@ class SlidingTileAttention(AttentionStrategy):
         """What the block-sparse kernel computes: every query tile of the padded grid against its whole key tiles,
         4 · N_work · (key tiles per query tile) · volume · D; q/k/v projections 6 · N · D² on the unpadded
         grid."""
-        work = tile_work_grid(grid, self.layer_tile, self.pad, self.what())
+        work = block_fit(grid, self.layer_tile, self.padding.policy, self.what())
         counts = (n // s for n, s in zip(work, self.layer_tile))
         key_tiles = math.prod(min(w, n) for w, n in zip(self.layer_window, counts))
         pairs = work.numel * key_tiles * math.prod(self.layer_tile)
         return AttentionCost(4.0 * pairs * self.dim, 6.0 * grid.numel * self.dim**2)
 
     def describe(self) -> str:
-        return f"{type(self).__name__}[tile {fmt(self.layer_tile)}, window {fmt(self.layer_window)}]"
+        return f"{type(self).__name__}[tile {counts_text(self.layer_tile)}, window {counts_text(self.layer_window)}]"
 
     def extra_repr(self) -> str:
-        tiles, windows = (", ".join(map(fmt, c)) for c in (self.tile, self.window))
+        tiles, windows = (", ".join(map(counts_text, c)) for c in (self.tile, self.window))
         return (
-            f"tile={fmt(self.layer_tile)} (cycle [{tiles}]), window={fmt(self.layer_window)} (cycle [{windows}]), "
-            f"pad={self.pad}, {super().extra_repr()}"
+            f"tile={counts_text(self.layer_tile)} (cycle [{tiles}]), "
+            f"window={counts_text(self.layer_window)} (cycle [{windows}]), "
+            f"padding={self.padding.policy}, {super().extra_repr()}"
         )

@@ -26,10 +26,10 @@ from ultragen.models.attention.base import (
     AttentionCost,
     AttentionStrategy,
     VideoGrid,
+    check_flex_block,
 )
-from ultragen.models.attention.options import Padding, counts_text, cycle, layer_schedule
+from ultragen.models.attention.options import Padding, block_entry, block_fit, counts_text, cycle, layer_schedule
 from ultragen.models.rope import apply_rope
-
 
 
 #################################################################################
@@ -37,44 +37,11 @@ from ultragen.models.rope import apply_rope
 #################################################################################
 
 
-def cube_entry(entry: Sequence[int]) -> tuple[int, int, int]:
-    """One cube size (t, h, w) in tokens, validated."""
-    out = tuple(int(n) for n in entry)
-    if len(out) != 3 or min(out) < 1:
-        raise ValueError(f"cube entry {list(out)} must be 3 positive token counts (t, h, w), e.g. [4, 4, 4]")
-    return out
-
-
 def k_entry(k: int) -> int:
     """One layer's count of key cubes kept per query cube, validated."""
     if int(k) < 1:
         raise ValueError(f"k={k} must be positive; each query cube keeps k key cubes (k >= 1)")
     return int(k)
-
-
-def cube_fit(grid: VideoGrid, cube: Sequence[int], pad: str, layer_idx: int) -> VideoGrid:
-    """Grid of whole cubes covering `grid` (each axis rounded up); raises under padding error if that is not `grid`."""
-    work = VideoGrid(*(math.ceil(n / c) * c for n, c in zip(grid, cube)))
-    if work != grid and pad == "error":
-        name = counts_text(cube)
-        raise ValueError(
-            f"token grid {grid} (TxHxW) is not divisible by the cube {name} of layer {layer_idx}: T={grid.t}, "
-            f"H={grid.h}, W={grid.w} must be multiples of {', '.join(map(str, cube))}; choose a video size whose "
-            "grid divides, change cube, or set padding: {policy: replicate}"
-        )
-    return work
-
-
-def flex_block_size(cube: Sequence[int]) -> int:
-    """Tokens per cube, FlexAttention's block size on the `flex` path; raises unless a power of two >= 16 (the
-    sizes its GPU kernels shrink their tiles to)."""
-    volume = math.prod(cube)
-    if volume < 16 or volume & (volume - 1):
-        raise ValueError(
-            f"attention backend 'flex' needs cubes of a power-of-two number of tokens >= 16 (one FlexAttention block "
-            f"per cube); cube {'x'.join(map(str, cube))} has {volume}; use e.g. [4, 4, 4] or another backend"
-        )
-    return volume
 
 
 #################################################################################
@@ -160,8 +127,8 @@ class TopKBlockAttention(AttentionStrategy):
     of cubes keeps all of them. Global 3D RoPE is applied before the cubes are formed. Coarse scores are
     q̄ k̄ᵀ/√d of the float32 cube means, per head; the selection is not differentiated, the coarse output is.
 
-    `padding.policy`: `error` raises on grids not divisible by the cube; `replicate` pads each axis at its far end to whole
-    cubes with copies of the edge tokens (their q, k, v, global RoPE positions included). The copies take part in
+    `padding.policy`: `error` raises on grids not divisible by the cube; `replicate` pads each axis at its far end to
+    whole cubes with copies of the edge tokens (their q, k, v, global RoPE positions included). The copies take part in
     the cube means and, as keys, in the fine and coarse attention of their cube (an edge token copied c times
     counts c times), as in the edge-padded grid; their outputs are dropped. On divisible grids nothing is padded.
 
@@ -184,11 +151,9 @@ class TopKBlockAttention(AttentionStrategy):
         coarse_gate: bool = True,
     ):
         super().__init__(dim, num_heads, layer_idx, freq_dim, backend)
-        self.cubes = layer_schedule("cube", cube, cube_entry)
+        self.cubes = layer_schedule("cube", cube, block_entry("cube", "token counts"))
         self.ks = layer_schedule("k", k, k_entry)
-        self.padding = padding or Padding()
-        if self.padding.policy == "interpolate":
-            raise ValueError("padding policy interpolate would resize tokens across cubes; use error or replicate")
+        self.padding = (padding or Padding()).without_resizing("cubes")
         self.gate = nn.Linear(dim, dim) if coarse_gate else None
         if self.gate is not None:
             nn.init.zeros_(self.gate.weight)
@@ -199,6 +164,9 @@ class TopKBlockAttention(AttentionStrategy):
         """(t, h, w) tokens per cube in this layer."""
         return cycle(self.cubes, self.layer_idx)
 
+    def what(self) -> str:
+        return f"cube {counts_text(self.cube)} of layer {self.layer_idx}"
+
     @property
     def top_k(self) -> int:
         """Key cubes kept per query cube in this layer (all of them where there are fewer)."""
@@ -206,7 +174,7 @@ class TopKBlockAttention(AttentionStrategy):
 
     def layout(self, grid: VideoGrid, device: torch.device | str = "cpu") -> CubeLayout:
         """This layer's cube layout on `grid` (raises under padding error if the cube does not divide it)."""
-        cube_fit(grid, self.cube, self.padding.policy, self.layer_idx)
+        block_fit(grid, self.cube, self.padding.policy, self.what())
         return cube_layout(grid, self.cube, str(device))
 
     def cube_qkv(self, attn, x: Tensor, ctx: AttentionContext) -> tuple[CubeLayout, Tensor, Tensor, Tensor]:
@@ -227,7 +195,8 @@ class TopKBlockAttention(AttentionStrategy):
         """Cube-major q, k, v (B, N_work, H, D), each query token over all tokens of its cube's selected key cubes
         -> (B, N_work, H·D)."""
         if self.backend.name == "flex":
-            return self.backend(q, k, v, block_mask=cube_block_mask(selected, flex_block_size(layout.cube)))
+            size = check_flex_block(math.prod(layout.cube), f"cube {counts_text(layout.cube)}")
+            return self.backend(q, k, v, block_mask=cube_block_mask(selected, size))
         b, n, h, d = q.shape
         m, vol, kept = layout.num_cubes, layout.volume, selected.shape[-1]
         batch = torch.arange(b, device=q.device)[:, None, None, None]
@@ -258,7 +227,7 @@ class TopKBlockAttention(AttentionStrategy):
         """maps: QKᵀ and AV (4·D per pair) of the fine pairs on the padded grid, M·V queries × k·V keys, and of
         the coarse attention between the M cube means. other: the q/k/v projections (6·N·D²), the cube means of q,
         k and v (3·N_work·D additions) and, with the gate, its Linear (2·N·D²) and gate·coarse + fine (2·N·D)."""
-        work = cube_fit(grid, self.cube, self.padding.policy, self.layer_idx)
+        work = block_fit(grid, self.cube, self.padding.policy, self.what())
         n, d, vol = grid.numel, self.dim, math.prod(self.cube)
         m = work.numel // vol
         kept = min(self.top_k, m)
