@@ -305,18 +305,17 @@ def release_key_shapes(dim: int, rank: int, freq_dim: int, blocks) -> dict[str, 
 
 
 def test_release_checkpoint_loads_fully_into_the_release_config(tmp_path):
-    from functools import partial
-
     from ultragen.checkpoints import convert_ultragen_release
-    from ultragen.models.attention.global_local import UltraGenAttention
+    from ultragen.lit.config import instantiate, read_config
+    from ultragen.models.wan import StrategyFactory
 
-    net_args = yaml.safe_load((ROOT / "configs/experiments/ultragen_release.yaml").read_text())["model"]["net"]
-    strategy = {**net_args["init_args"]["attention"]["init_args"], "lora_rank": 4}
+    args = read_config([ROOT / "configs/model/wan2.1_t2v_1.3b.yaml", ROOT / "configs/experiments/ultragen_release.yaml"])
+    args = args.model.net.init_args
+    args.attention.init_args.lora.rank = 4
     torch.manual_seed(0)
     net = WanDiT(
         in_dim=4, text_dim=16, dim=32, ffn_dim=48, num_heads=2, num_layers=30, freq_dim=256,
-        attention=partial(UltraGenAttention, **strategy),
-        full_attention_layers=net_args["init_args"]["full_attention_layers"],
+        attention=instantiate(args.attention, StrategyFactory), full_attention_layers=args.full_attention_layers,
     )
     wan = {k: torch.randn(v.shape) for k, v in net.state_dict().items() if ".strategy." not in k}
     extra = {k: torch.randn(s) for k, s in release_key_shapes(32, 4, 256, range(3, 27)).items()}
