@@ -17,7 +17,16 @@ import torch
 
 from ultragen.bench import attention_inputs, profile_table, time_layers
 from ultragen.cost import layer_cost
-from ultragen.models.attention import CompressionOptions, FullAttention, Padding, VideoGrid, WindowOptions
+from ultragen.models.attention import (
+    AdaptiveBlockAttention,
+    CompressionOptions,
+    FullAttention,
+    Padding,
+    SlidingTileAttention,
+    TopKBlockAttention,
+    VideoGrid,
+    WindowOptions,
+)
 from ultragen.models.attention.global_compressed import GlobalCompressedAttention
 from ultragen.models.attention.global_local import UltraGenAttention
 from ultragen.models.attention.hierarchical import HierarchicalAttention
@@ -27,8 +36,10 @@ from ultragen.models.blocks import SelfAttention
 
 
 def strategies(args: argparse.Namespace) -> dict:
-    """Name -> factory (dim, heads, layer[, freq_dim, backend]) of every benchmarked strategy."""
+    """Name -> factory (dim, heads, layer[, freq_dim, backend]) of every benchmarked strategy (`args` of
+    `add_strategy_arguments`)."""
     padding = Padding(args.pad)
+    blocks = padding.without_resizing("3D blocks")  # the block-sparse strategies pad whole blocks or raise
     local, hier = WindowOptions(counts=args.local_windows), WindowOptions(counts=args.hier_windows)
     compression = CompressionOptions(factor=args.global_factor)
     return {
@@ -41,7 +52,27 @@ def strategies(args: argparse.Namespace) -> dict:
         "ultragen": partial(UltraGenAttention, local_windows=local, hier_windows=hier, global_compression=compression,
                             padding=padding),
         "t3": partial(MultiScaleWindowAttention, windows=WindowOptions(counts=args.t3_windows)),
+        "sta": partial(SlidingTileAttention, tile=args.sta_tile, window=args.sta_window, padding=blocks),
+        "topk": partial(TopKBlockAttention, cube=args.topk_cube, k=args.topk_k, padding=blocks),
+        "nabla": partial(AdaptiveBlockAttention, block=args.sta_tile, threshold=[args.nabla_threshold],
+                         sliding_window=args.sta_window, padding=blocks),
     }
+
+
+def add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every benchmarked strategy, shared with `benchmarks/dit_step.py`."""
+    parser.add_argument("--pad", default="error", choices=["error", "replicate", "interpolate"])
+    parser.add_argument("--local-windows", type=counts, default=[[4, 4], [5, 5]])
+    parser.add_argument("--hier-windows", type=counts, default=[[2, 2], [3, 3]])
+    parser.add_argument("--global-factor", type=int, default=4)
+    parser.add_argument("--t3-windows", type=counts, default=[[1, 4, 8]])
+    parser.add_argument("--sta-tile", type=counts, default=[[1, 8, 16]], help="STA tile, also NABLA's block (tokens)")
+    parser.add_argument("--sta-window", type=counts, default=[[3, 3, 3]], help="STA window, NABLA's sliding window")
+    parser.add_argument("--nabla-threshold", type=float, default=0.9)
+    parser.add_argument("--topk-cube", type=counts, default=[[1, 8, 8]])
+    parser.add_argument("--topk-k", type=lambda s: [int(n) for n in s.split(",")], default=[8])
+    parser.add_argument("--backend", default="sdpa", help="attention backend of every strategy (flex: FlexAttention)")
+    parser.add_argument("--only", help="comma-separated strategies to run besides full")
 
 
 def counts(text: str) -> list[list[int]]:
@@ -61,12 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--pad", default="error", choices=["error", "replicate", "interpolate"])
-    parser.add_argument("--local-windows", type=counts, default=[[4, 4], [5, 5]])
-    parser.add_argument("--hier-windows", type=counts, default=[[2, 2], [3, 3]])
-    parser.add_argument("--global-factor", type=int, default=4)
-    parser.add_argument("--t3-windows", type=counts, default=[[1, 4, 8]])
-    parser.add_argument("--only", help="comma-separated strategies to run besides full")
+    add_strategy_arguments(parser)
     parser.add_argument("--profile", action="store_true", help="print a profiler table per strategy")
     args = parser.parse_args()
     if args.threads:
@@ -85,7 +111,8 @@ def main() -> None:
     header = ("strategy", "best fwd+bwd s", "measured x", "analytic x", "maps x", "meas/anal")
     print(f"{header[0]:<14} {header[1]:>14} {header[2]:>11} {header[3]:>11} {header[4]:>8} {header[5]:>10}")
     layers = {
-        n: SelfAttention(dim, args.heads, factories[n](dim, args.heads, args.layer)).to(device, dtype) for n in names
+        n: SelfAttention(dim, args.heads, factories[n](dim, args.heads, args.layer, backend=args.backend)).to(device, dtype)
+        for n in names
     }
     best = time_layers(layers, x, ctx, args.repeats, args.warmup)
     full_time, full_cost = best["full"], layer_cost(layers["full"].strategy, grid)

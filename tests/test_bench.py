@@ -74,3 +74,23 @@ def test_plot_cost_curves_has_three_panels_and_omits_configs_without_measurement
     assert [line.get_label() for line in seconds.get_lines()] == ["full"]
     with pytest.raises(ValueError, match="reference 'Full' is not one of the analytic configs"):
         plot_cost_curves(analytic, measured, grids, small, reference="Full")
+
+
+@pytest.mark.parametrize("script", ["attention.py", "dit_step.py"])
+def test_benchmarks_print_a_ratio_row_for_every_strategy(script):
+    """Both benchmark scripts run every strategy side by side with full attention and print measured, analytic and
+    measured/analytic ratios (the figures themselves are machine-dependent and not checked)."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    small = ["--grid", "1x8x8", "--pad", "replicate", "--repeats", "1", "--warmup", "0", "--sta-tile", "1x4x4",
+             "--topk-cube", "1x4x4", "--topk-k", "2", "--local-windows", "2x2", "--hier-windows", "2x2",
+             "--t3-windows", "1x2x2"]
+    width = ["--heads", "2", "--head-dim", "8"]
+    run = subprocess.run([sys.executable, script, *small, *width], cwd=bench, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines()[2:]}
+    assert set(rows) == {"full", "local", "swin", "global", "hierarchical", "ultragen", "t3", "sta", "topk", "nabla"}
+    assert rows["full"][1:] == (["1.00", "1.00", "1.00", "1.00"] if script == "attention.py" else ["1.00", "1.00", "1.00"])

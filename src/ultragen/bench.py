@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor
+from torch import Tensor, nn
 
 from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid
 from ultragen.models.attention.base import AttentionCost
@@ -68,14 +68,35 @@ def step_fn(layer: SelfAttention, x: Tensor, ctx: AttentionContext) -> Callable[
     return step
 
 
+def dit_step_fn(net: nn.Module, x: Tensor, t: Tensor, context: Tensor) -> Callable[[], float]:
+    """A closure running one training-step forward+backward of a whole DiT (an MSE to a random target) and
+    returning its seconds."""
+    target = torch.randn_like(x)
+
+    def step() -> float:
+        for p in net.parameters():
+            p.grad = None
+        start = time.perf_counter()
+        (net(x, t, context) - target).pow(2).mean().backward()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step
+
+
 def time_layers(
     layers: Mapping[Hashable, SelfAttention], x: Tensor, ctx: AttentionContext, repeats: int = 3, warmup: int = 1
 ) -> dict[Hashable, float]:
     """Best forward+backward seconds of each layer; repeats are interleaved, so background load hits all alike."""
+    return time_steps({name: step_fn(layer, x, ctx) for name, layer in layers.items()}, repeats, warmup)
+
+
+def time_steps(steps: Mapping[Hashable, Callable[[], float]], repeats: int = 3, warmup: int = 1) -> dict[Hashable, float]:
+    """Best seconds of each step closure; repeats are interleaved, so background load hits all alike."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
-    steps = {name: step_fn(layer, x, ctx) for name, layer in layers.items()}
-    times: dict[Hashable, list[float]] = {name: [] for name in layers}
+    times: dict[Hashable, list[float]] = {name: [] for name in steps}
     for repeat in range(warmup + repeats):
         for name, step in steps.items():
             seconds = step()
