@@ -17,10 +17,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ultragen.models.attention.base import AttentionContext, AttentionStrategy, VideoGrid
-from ultragen.models.attention.base import AttentionCost
 from ultragen.cost import layer_cost
 from ultragen.lit.config import layer_strategies, read_config
+from ultragen.models.attention.base import (
+    AttentionContext,
+    AttentionCost,
+    AttentionStrategy,
+    VideoGrid,
+)
 from ultragen.models.blocks import SelfAttention
 from ultragen.models.rope import RotaryTables
 from ultragen.models.wan import sinusoidal_embedding
