@@ -59,6 +59,15 @@ def strategies(args: argparse.Namespace) -> dict:
     }
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Device, precision, threads and repeats, shared with `benchmarks/dit_step.py`."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+
+
 def add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every benchmarked strategy, shared with `benchmarks/dit_step.py`."""
     parser.add_argument("--pad", default="error", choices=["error", "replicate", "interpolate"])
@@ -87,11 +96,7 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--layer", type=int, default=0, help="layer index (selects the window grid of each cycle)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    add_run_arguments(parser)
     add_strategy_arguments(parser)
     parser.add_argument("--profile", action="store_true", help="print a profiler table per strategy")
     args = parser.parse_args()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from attention import add_strategy_arguments, strategies
+from attention import add_run_arguments, add_strategy_arguments, strategies
 
 from ultragen.bench import dit_step_fn, time_steps
 from ultragen.cost import network_totals
@@ -30,11 +30,7 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--text-len", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    add_run_arguments(parser)
     add_strategy_arguments(parser)
     args = parser.parse_args()
     if args.threads:

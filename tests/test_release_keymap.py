@@ -1,15 +1,17 @@
 """A synthesized state dict with the released UltraGen names and shapes (METHOD.md §5.2) loads into the DiT."""
 
-from functools import partial
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import save_file
 
-from ultragen.checkpoints import convert_ultragen_release, detect_format, load_dit_weights
-from ultragen.models.attention.global_local import UltraGenAttention
-from ultragen.models.wan import WanDiT
+from ultragen.checkpoints import (
+    convert_ultragen_release,
+    detect_format,
+    load_dit_weights,
+)
+from ultragen.lit.config import instantiate, read_config
+from ultragen.models.wan import StrategyFactory, WanDiT
 
 DIM, HEADS, RANK, FREQ = 48, 4, 8, 256
 LAYERS, FULL = 8, [0, 1, 2, 7]
@@ -17,12 +19,13 @@ RELEASE_YAML = Path(__file__).parents[1] / "configs" / "experiments" / "ultragen
 
 
 def release_dit() -> WanDiT:
-    """Tiny WanDiT with the ultragen_release experiment's attention settings (rank shrunk)."""
-    attention = yaml.safe_load(RELEASE_YAML.read_text())["model"]["net"]["init_args"]["attention"]["init_args"]
+    """Tiny WanDiT with the ultragen_release experiment's attention settings (rank shrunk), read by fit's parser."""
+    attention = read_config([RELEASE_YAML.parents[1] / "model" / "tiny.yaml", RELEASE_YAML]).model.net.init_args.attention
+    attention.init_args.lora.rank = RANK
     torch.manual_seed(0)
     return WanDiT(
         16, 32, dim=DIM, ffn_dim=96, num_heads=HEADS, num_layers=LAYERS, freq_dim=FREQ, full_attention_layers=FULL,
-        attention=partial(UltraGenAttention, **{**attention, "lora_rank": RANK}),
+        attention=instantiate(attention, StrategyFactory),
     )
 
 

@@ -287,17 +287,10 @@ def ultragen_forward(
     strategy: UltraGenAttention, shards: SequenceShards, attn, x: Tensor, ctx: AttentionContext
 ) -> Tensor:
     """`UltraGenAttention.forward` with each branch split as above; the gates are per clip, alike on every rank."""
-    weights = {k: v.to(x.dtype).squeeze(1) for k, v in strategy.branch_weights(ctx.timestep_freq).items()}  # (B, C)
-    out = None
-    for name, branch in strategy.branches():
-        if branch is None:
-            continue
-        if branch is strategy.local_branch:
-            part = windows_forward(branch, shards, attn, x, ctx) * weights[name][:, None]
-        else:
-            part = compressed_forward(branch, shards, attn, x, ctx, weights[name])
-        out = part if out is None else out + part
-    return out
+    return strategy.fuse(
+        ctx, x.dtype, lambda branch: windows_forward(branch, shards, attn, x, ctx),
+        lambda branch, weight: compressed_forward(branch, shards, attn, x, ctx, weight),
+    )
 
 
 def split_forward(strategy: nn.Module, shards: SequenceShards | None) -> Callable[..., Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -127,19 +128,33 @@ class UltraGenAttention(AttentionStrategy):
         """(name, branch or None), finest first."""
         return (("local", self.local_branch), ("hierarchical", self.hier_branch), ("global", self.global_branch))
 
-    def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
-        weights = {k: v.to(x.dtype).squeeze(1) for k, v in self.branch_weights(ctx.timestep_freq).items()}  # (B, C)
+    def fuse(
+        self,
+        ctx: AttentionContext,
+        dtype: torch.dtype,
+        local: Callable[[LocalWindowAttention], Tensor],
+        compressed: Callable[[GlobalCompressedAttention, Tensor], Tensor],
+    ) -> Tensor:
+        """Σ over the branches of weight · output (Eq. 3): `local(branch)` is weighted here; `compressed(branch,
+        weight)` applies its (B, C) weight itself, on its small plane (weights are constant over tokens)."""
+        weights = {k: v.to(dtype).squeeze(1) for k, v in self.branch_weights(ctx.timestep_freq).items()}  # (B, C)
         out = None
         for name, branch in self.branches():
             if branch is None:
                 continue
             if branch is self.local_branch:
-                part = branch(attn, x, ctx) * weights[name][:, None]  # (B, N, C)
-            else:  # weights are constant over tokens: the coarse branches apply theirs on their small planes
-                plane, plan = branch.attend(attn, x, ctx)  # (B, T, h', w', C)
-                part = plan.decompress(plane, branch.up, weights[name])
+                part = local(branch) * weights[name][:, None]  # (B, N, C)
+            else:
+                part = compressed(branch, weights[name])
             out = part if out is None else out.add_(part)
         return out
+
+    def forward(self, attn, x: Tensor, ctx: AttentionContext) -> Tensor:
+        def compressed(branch: GlobalCompressedAttention, weight: Tensor) -> Tensor:
+            plane, plan = branch.attend(attn, x, ctx)  # (B, T, h', w', C)
+            return plan.decompress(plane, branch.up, weight)
+
+        return self.fuse(ctx, x.dtype, lambda branch: branch(attn, x, ctx), compressed)
 
     def cost(self, grid: VideoGrid) -> AttentionCost:
         """The branches' costs (the gates are per clip, not per token: negligible)."""
