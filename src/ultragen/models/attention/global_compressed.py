@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ultragen.models.attention.base import AttentionBackend, AttentionContext, AttentionCost, AttentionStrategy, VideoGrid
 from ultragen.models.attention.window import PAD_POLICIES, PadPolicy, check_choice, plane_rotary, resize_plane
+from ultragen.models.init import init_leaf
 from ultragen.models.lora import DomainLoRA, LoRAInit
 from ultragen.models.rope import apply_rope
 
@@ -171,8 +172,12 @@ class DepthwiseConv3d(nn.Conv3d):
 def down_conv(dim: int, factor: int) -> nn.Conv2d:
     """Depthwise Conv2d k×k stride k, weights 1/k² (average pooling), bias 0."""
     conv = nn.Conv2d(dim, dim, factor, stride=factor, groups=dim)
-    nn.init.constant_(conv.weight, 1.0 / factor**2)
-    nn.init.zeros_(conv.bias)
+
+    def average(m: nn.Conv2d) -> None:
+        nn.init.constant_(m.weight, 1.0 / factor**2)
+        nn.init.zeros_(m.bias)
+
+    init_leaf(conv, average)
     return conv
 
 

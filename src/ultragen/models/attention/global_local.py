@@ -23,10 +23,16 @@ from ultragen.models.attention.window import (
     WindowRope,
     check_choice,
 )
+from ultragen.models.init import init_leaf
 from ultragen.models.lora import LoRAInit
 
 GateWeights = Literal["global", "local"]
 LocalKind = Literal["window", "swin"]
+
+
+def zero_linear(m: nn.Linear) -> None:
+    nn.init.zeros_(m.weight)
+    nn.init.zeros_(m.bias)
 
 
 class TimeGate(nn.Module):
@@ -40,8 +46,7 @@ class TimeGate(nn.Module):
         self.freq_dim = freq_dim
         self.embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim), nn.Sigmoid())
-        nn.init.zeros_(self.projection[1].weight)
-        nn.init.zeros_(self.projection[1].bias)
+        init_leaf(self.projection[1], zero_linear)
 
     def forward(self, timestep_freq: Tensor) -> Tensor:
         """(B, freq_dim) sinusoidal timestep features -> (B, 1, C) gate values in (0, 1)."""
