@@ -274,3 +274,22 @@ def test_zero3_loads_net_weights_module_by_module_then_adds_lora(tmp_path, monke
     for key, value in file.items():  # under peft's names where an adapter wraps the layer
         stem, _, param = key.rpartition(".")
         assert torch.equal(state.get(key, state.get(f"{stem}.base_layer.{param}")), value), key
+
+
+@pytest.mark.slow
+def test_fsdp2_builds_the_dit_on_rank_0_alone_and_broadcasts_it_into_the_shards(tmp_path, monkeypatch):
+    """Under FSDP2 only rank 0 builds the DiT whole (seeded, net_weights, LoRA), rank 1 on the meta device; after
+    sharding, rank 0's tensors fill both ranks' shards: the run starts (one step at lr 0) from the plain build."""
+    monkeypatch.chdir(ROOT)
+    file = {k: v + torch.randn_like(v) for k, v in tiny_ultragen_module().net.state_dict().items() if ".strategy." not in k}
+    save_file(file, tmp_path / "wan.safetensors")
+    run = ["--model.trainable=lora", f"--model.net_weights={tmp_path / 'wan.safetensors'}"]
+    ckpt, log = fit_two_processes(tmp_path, "-c", "configs/trainer/fsdp2_cpu.yaml", "--model.optimizer.init_args.lr=0",
+                                  *run, steps=1)
+    assert "FSDP2: rank 0 built the DiT whole" in log and "FSDP2: rank 1 built the DiT on the meta device" in log
+    from ultragen.lit.cli import UltraGenCLI
+
+    plain = UltraGenCLI(args=["-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml", *run],
+                        run=False).model.net.state_dict()
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert_equal_states({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, plain)

@@ -29,6 +29,8 @@ from ultragen.lit.recipe import (
     DEFAULT_LORA_TARGETS,
     checkpoint_blocks,
     checkpoint_interval,
+    fill_from_rank0,
+    run_with_rank0_errors,
     select_trainable,
     shard_blocks,
 )
@@ -178,20 +180,20 @@ class VideoDiffusionModule(L.LightningModule):
                  sum(p.numel() for p in blueprint.parameters()) / 1e6)
         return blueprint
 
-    def build_net(self) -> None:
+    def build_net(self, on_meta: bool = False) -> None:
         """The DiT from `net` with the RNG state of `__init__`, then `net_weights`, then the trainable selection
         (peft LoRA), as `self.net`. On the CPU in float32 as the network's own code builds it (Lightning moves and
         converts it later), so its seeded weights do not depend on the strategy, device or precision; under
         DeepSpeed ZeRO-3's `zero.Init` partitioned as it is built, loaded module by module, with the adapters
-        added outside `zero.Init`."""
+        added outside `zero.Init`. `on_meta`: without weights (FSDP2 ranks that receive rank 0's)."""
         default_dtype = torch.get_default_dtype()
-        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        with torch.random.fork_rng(devices=[]), torch.device("meta" if on_meta else "cpu"):
             torch.set_rng_state(self.net_rng)
             torch.set_default_dtype(torch.float32)
             try:
                 net = self.net_factory(self.codec.latent_channels, self.text_encoder.dim)
                 partitioned = is_partitioned(net)
-                if self.initialised_from is not None:
+                if self.initialised_from is not None and not on_meta:
                     load = load_partitioned if partitioned else load_dit_weights
                     load(net, self.initialised_from, format=self.net_weights_format, strict=self.net_weights_strict)
                 with outside_zero_init() if partitioned else contextlib.nullcontext():
@@ -227,7 +229,20 @@ class VideoDiffusionModule(L.LightningModule):
     def configure_model(self) -> None:
         """Builds the DiT (`build_net`; the Trainer calls this inside the strategy's sharding context), then sequence
         parallelism and activation checkpointing of DiT blocks, then FSDP2 sharding under Lightning's
-        `ModelParallelStrategy` (all kept out of the model code). Idempotent."""
+        `ModelParallelStrategy` (all kept out of the model code). Idempotent.
+
+        Under FSDP2 rank 0 alone builds the DiT whole (seeded, `net_weights`, adapters); the other ranks build it on
+        the meta device, and after `fully_shard` rank 0's tensors are broadcast into every rank's shards
+        (`fill_from_rank0`), so one process per node, not each, holds the whole network on the host.
+        """
+        fsdp2 = self._device_mesh is not None and not getattr(self, "_sharded", False)
+        if fsdp2 and self._device_mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"ModelParallelStrategy tensor_parallel_size={self._device_mesh['tensor_parallel'].size()}: the DiT is "
+                "sharded with FSDP2 only; set trainer.strategy.init_args.data_parallel_size to the world size and "
+                "tensor_parallel_size: 1"
+            )
+        full_state, from_rank0 = None, False
         if "net" not in self._modules:
             strategy = self._trainer.strategy if self._trainer is not None else None
             if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
@@ -236,22 +251,24 @@ class VideoDiffusionModule(L.LightningModule):
                         "DeepSpeed ZeRO-3 with zero_optimization.override_module_apply: false cannot initialise the "
                         "DiT while zero.Init partitions it (its weights are set through Module.apply); remove it"
                     )
-            self.build_net()
+            if fsdp2:
+                on_meta = torch.distributed.get_rank() != 0
+                run_with_rank0_errors(partial(self.build_net, on_meta=on_meta))
+                full_state, from_rank0 = None if on_meta else self.net.state_dict(), True
+                log.info("FSDP2: rank %d built the DiT %s", torch.distributed.get_rank(),
+                         "on the meta device" if on_meta else "whole, for every rank's shards")
+            else:
+                self.build_net()
         if self.sp_degree > 1 and self.sequence is None:
             self.sequence = sequence_parallel(self.net, self.sp_degree)
         if self.checkpoint_every and not getattr(self, "_checkpointed", False):
             checkpoint_blocks(self.net, self.checkpoint_every)
             self._checkpointed = True
-        if self._device_mesh is not None and not getattr(self, "_sharded", False):
-            tensor_parallel = self._device_mesh["tensor_parallel"].size()
-            if tensor_parallel > 1:
-                raise ValueError(
-                    f"ModelParallelStrategy tensor_parallel_size={tensor_parallel}: the DiT is sharded with FSDP2 "
-                    "only; set trainer.strategy.init_args.data_parallel_size to the world size and "
-                    "tensor_parallel_size: 1"
-                )
+        if fsdp2:
             n = shard_blocks(self.net, self._device_mesh["data_parallel"])
             log.info("FSDP2: %d DiT blocks sharded over %d ranks", n, self._device_mesh["data_parallel"].size())
+            if from_rank0:
+                fill_from_rank0(self.net, full_state)
             self._sharded = True
 
     def configure_optimizers(self):
