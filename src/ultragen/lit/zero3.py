@@ -69,6 +69,12 @@ def load_partitioned(net: nn.Module, path: str | Path, format: Format = "auto", 
 
     rank = dist.get_rank()
     params = dict(net.named_parameters(remove_duplicate=False))
+    if any(dist.get_world_size(p.ds_process_group) != dist.get_world_size() for p in params.values()
+           if hasattr(p, "ds_id")):
+        raise NotImplementedError(
+            "net_weights under ZeRO-3 are read on rank 0 and broadcast over all ranks; parameters partitioned over "
+            "sub-groups (MiCS, hpZ) are not supported: load the weights without them"
+        )
     shapes = {k: tuple(params[k].ds_shape) if k in params else tuple(v.shape) for k, v in net.state_dict().items()}
     outcome: list = [None]
     usable: dict[str, torch.Tensor] = {}
