@@ -225,13 +225,22 @@ def zero3_state(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
 
 
+def wan_layout_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A plain Wan2.1-layout file (no strategy tensors) for the tiny UltraGen DiT, away from its seeded weights."""
+    state = tiny_ultragen_module().net.state_dict()
+    weights = {k: v + torch.randn_like(v) for k, v in state.items() if ".strategy." not in k}
+    save_file(weights, path)
+    return weights
+
+
 def assert_equal_states(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
     assert got.keys() == want.keys()
     differ = [k for k in want if not torch.equal(got[k], want[k])]
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:4]}"
 
 
-ZERO3_LR0 = ["-c", "configs/trainer/deepspeed_cpu.yaml", "--trainer.strategy.stage=3", "--model.optimizer.init_args.lr=0"]
+ZERO3_LR0 = ["-c", "configs/trainer/deepspeed_cpu.yaml", "--trainer.strategy.stage=3",
+             "--model.optimizer.init_args.lr=0"]
 
 
 @pytest.mark.slow
@@ -258,8 +267,7 @@ def test_zero3_loads_net_weights_module_by_module_then_adds_lora(tmp_path, monke
     written; the strategy's fresh tensors and peft's LoRA adapters are the plain build's; activation checkpointing
     on (fit_two_processes)."""
     monkeypatch.chdir(ROOT)
-    file = {k: v + torch.randn_like(v) for k, v in tiny_ultragen_module().net.state_dict().items() if ".strategy." not in k}
-    save_file(file, tmp_path / "wan.safetensors")
+    file = wan_layout_weights(tmp_path / "wan.safetensors")
     run = ["--model.trainable=lora", f"--model.net_weights={tmp_path / 'wan.safetensors'}"]
     ckpt, log = fit_two_processes(tmp_path, *ZERO3_LR0, *run, steps=1)
     assert f"loaded {len(file)} tensors" in log and "new strategy parameters, initialised fresh" in log
@@ -281,8 +289,7 @@ def test_fsdp2_builds_the_dit_on_rank_0_alone_and_broadcasts_it_into_the_shards(
     """Under FSDP2 only rank 0 builds the DiT whole (seeded, net_weights, LoRA), rank 1 on the meta device; after
     sharding, rank 0's tensors fill both ranks' shards: the run starts (one step at lr 0) from the plain build."""
     monkeypatch.chdir(ROOT)
-    file = {k: v + torch.randn_like(v) for k, v in tiny_ultragen_module().net.state_dict().items() if ".strategy." not in k}
-    save_file(file, tmp_path / "wan.safetensors")
+    file = wan_layout_weights(tmp_path / "wan.safetensors")
     run = ["--model.trainable=lora", f"--model.net_weights={tmp_path / 'wan.safetensors'}"]
     ckpt, log = fit_two_processes(tmp_path, "-c", "configs/trainer/fsdp2_cpu.yaml", "--model.optimizer.init_args.lr=0",
                                   *run, steps=1)
