@@ -206,6 +206,9 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def log(self) -> None:
+        (log.info if self.ok else log.warning)("%s", self)
+
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors from {self.path} (format {self.format})"]
         sections = [
@@ -223,28 +226,27 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def load_state_dict_into(
-    net: nn.Module, state: StateDict, path: str = "<memory>", format: str = "wan2.1", strict: bool = True
-) -> LoadReport:
-    """Copy matching tensors of a WanDiT-named state dict into `net`; report the rest; raise if strict and partial.
+def plan_load(
+    shapes: dict[str, tuple[int, ...]], state: StateDict, path: str = "<memory>", format: str = "wan2.1",
+    strict: bool = True,
+) -> tuple[LoadReport, StateDict]:
+    """The report of loading a WanDiT-named state dict into a network whose state keys have `shapes`, and the
+    tensors that fit; raises if strict and partial.
 
     Missing `*.self_attn.strategy.*` keys are allowed (reported as fresh) when the file has no strategy keys at
     all, i.e. a plain Wan2.1 checkpoint loaded into a model with a new attention strategy.
     """
-    own = net.state_dict()
-    if any(t.is_meta for t in own.values()):
-        raise ValueError("the network is on the meta device; build it on a real device before loading weights")
     report = LoadReport(path=str(path), format=format)
     plain = not any(STRATEGY_KEY in k for k in state)
     usable: StateDict = {}
     for key, value in state.items():
-        if key not in own:
+        if key not in shapes:
             report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(own[key].shape):
-            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        elif tuple(value.shape) != tuple(shapes[key]):
+            report.mismatched.append((key, tuple(value.shape), tuple(shapes[key])))
         else:
             usable[key] = value
-    for key in own:
+    for key in shapes:
         if key not in state:
             (report.fresh if plain and STRATEGY_KEY in key else report.missing).append(key)
     report.loaded = sorted(usable)
@@ -253,8 +255,20 @@ def load_state_dict_into(
             f"{report}\nrefusing a partial load: fix the file or the model config, or load non-strictly "
             "(`model.net_weights_strict: false` for the DiT)"
         )
+    return report, usable
+
+
+def load_state_dict_into(
+    net: nn.Module, state: StateDict, path: str = "<memory>", format: str = "wan2.1", strict: bool = True
+) -> LoadReport:
+    """Copy matching tensors of a WanDiT-named state dict into `net`; report the rest; raise if strict and partial
+    (`plan_load`)."""
+    own = net.state_dict()
+    if any(t.is_meta for t in own.values()):
+        raise ValueError("the network is on the meta device; build it on a real device before loading weights")
+    report, usable = plan_load({k: tuple(v.shape) for k, v in own.items()}, state, path, format, strict)
     net.load_state_dict(usable, strict=False)
-    (log.info if report.ok else log.warning)("%s", report)
+    report.log()
     return report
 
 

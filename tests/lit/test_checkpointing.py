@@ -191,3 +191,21 @@ def test_deepspeed_zero2_on_cpu_and_export(tmp_path, monkeypatch):
     weights = load_file(export_dit(ckpt, tmp_path / "dit.safetensors"))
     assert "blocks.0.self_attn.q.weight" in weights and weights["blocks.0.self_attn.q.weight"].dtype == torch.float32
     torch.distributed.destroy_process_group()
+
+
+def test_load_from_checkpoint_builds_the_dit_and_restores_it(tmp_path):
+    """`load_from_checkpoint` builds the DiT through configure_model before loading; the frozen codec and text
+    encoder, never saved, come from the config."""
+    from ultragen.lit.cli import UltraGenCLI
+    from ultragen.lit.module import VideoDiffusionModule
+
+    fit(tmp_path, "--trainer.max_steps=1")
+    ckpt = tmp_path / "tiny" / "run" / "checkpoints" / "last.ckpt"
+    fresh = UltraGenCLI(args=["-c", TINY], run=False).model
+    module = VideoDiffusionModule.load_from_checkpoint(ckpt, codec=fresh.codec, text_encoder=fresh.text_encoder)
+    assert "net" in module._modules  # built by load_from_checkpoint, before the state was loaded
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    net = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    assert net.keys() == module.net.state_dict().keys()
+    assert all(torch.equal(v, module.net.state_dict()[k]) for k, v in net.items())
+    assert not torch.equal(net["head.head.weight"], fresh.net.head.head.weight)  # trained, not the seeded start

@@ -2,6 +2,7 @@
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from functools import partial
@@ -192,3 +193,111 @@ def test_zero2_lora_run_without_frozen_parameters_resumes_and_exports(tmp_path, 
     tiny_ultragen_module().net.load_state_dict(weights)
     assert torch.equal(weights["head.head.weight"], initial["head.head.weight"])
     assert not torch.equal(weights["blocks.1.self_attn.q.weight"], initial["blocks.1.self_attn.q.weight"])
+
+
+def test_the_dit_is_built_on_first_use_with_the_rng_state_of_init(monkeypatch):
+    """Built lazily (the Trainer builds it in configure_model, inside the strategy's sharding context), the DiT
+    starts from the same weights however much of the global RNG was drawn in between, and leaves that RNG alone."""
+    monkeypatch.chdir(ROOT)
+    early, late = tiny_ultragen_module(), tiny_ultragen_module()
+    assert "net" not in early._modules and not any(k.startswith("net.") for k in early.state_dict())
+    reference = early.net.state_dict()
+    torch.rand(1000)  # draws that an eager build would have shifted
+    state = torch.get_rng_state()
+    late.configure_model()
+    net = late.net
+    late.configure_model()  # idempotent
+    assert late.net is net and torch.equal(torch.get_rng_state(), state)
+    assert reference.keys() == net.state_dict().keys()
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in reference.items())
+
+
+def partition_lines(log: str) -> dict[int, tuple[int, int, int]]:
+    """rank -> (elements held, partitioned elements, whole elements) from the ZeRO-3 build's log lines."""
+    found = re.findall(r"rank (\d) holds (\d+) of the (\d+) partitioned DiT parameter elements \(\+ (\d+) whole\)", log)
+    return {int(r): (int(a), int(b), int(c)) for r, a, b, c in found}
+
+
+def zero3_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The DiT tensors of a ZeRO-3 checkpoint directory, gathered to fp32 under the module's names (LoRA unmerged)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+
+
+def wan_layout_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A plain Wan2.1-layout file (no strategy tensors) for the tiny UltraGen DiT, away from its seeded weights."""
+    state = tiny_ultragen_module().net.state_dict()
+    weights = {k: v + torch.randn_like(v) for k, v in state.items() if ".strategy." not in k}
+    save_file(weights, path)
+    return weights
+
+
+def assert_equal_states(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    differ = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:4]}"
+
+
+ZERO3_LR0 = ["-c", "configs/trainer/deepspeed_cpu.yaml", "--trainer.strategy.stage=3",
+             "--model.optimizer.init_args.lr=0"]
+
+
+@pytest.mark.slow
+def test_zero3_builds_the_dit_partitioned_with_the_seeded_weights(tmp_path, monkeypatch):
+    """Under ZeRO-3 each rank holds only its partition of the DiT from its construction on (zero.Init around
+    configure_model), and the weights it starts from (one step at lr 0) are the plain seeded build's, bit for bit,
+    the UltraGen strategy's own initialisation included."""
+    monkeypatch.chdir(ROOT)
+    ckpt, log = fit_two_processes(tmp_path, *ZERO3_LR0, steps=1)
+    held = partition_lines(log)
+    plain = tiny_ultragen_module().net
+    total = sum(p.numel() for p in plain.parameters())
+    assert sorted(held) == [0, 1], log[-3000:]
+    for elements, partitioned, whole in held.values():
+        assert partitioned == total and whole == 0
+        assert elements <= sum(-(-p.numel() // 2) for p in plain.parameters())  # half of each tensor, rounded up
+    assert "built outside deepspeed.zero.Init" not in log
+    assert_equal_states(zero3_state(ckpt), plain.state_dict())
+
+
+@pytest.mark.slow
+def test_zero3_loads_net_weights_module_by_module_then_adds_lora(tmp_path, monkeypatch):
+    """net_weights under ZeRO-3 (a plain Wan2.1-layout file: no strategy tensors) reach the partitioned DiT as
+    written; the strategy's fresh tensors and peft's LoRA adapters are the plain build's; activation checkpointing
+    on (fit_two_processes)."""
+    monkeypatch.chdir(ROOT)
+    file = wan_layout_weights(tmp_path / "wan.safetensors")
+    run = ["--model.trainable=lora", f"--model.net_weights={tmp_path / 'wan.safetensors'}"]
+    ckpt, log = fit_two_processes(tmp_path, *ZERO3_LR0, *run, steps=1)
+    assert f"loaded {len(file)} tensors" in log and "new strategy parameters, initialised fresh" in log
+    from ultragen.lit.cli import UltraGenCLI
+
+    plain = UltraGenCLI(args=["-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml", *run],
+                        run=False).model.net.state_dict()
+    state = zero3_state(ckpt)
+    assert_equal_states(state, plain)
+    for key, value in file.items():  # under peft's names where an adapter wraps the layer
+        stem, _, param = key.rpartition(".")
+        assert torch.equal(state.get(key, state.get(f"{stem}.base_layer.{param}")), value), key
+    held = partition_lines(log)  # the adapters were built whole, outside zero.Init
+    assert sorted(held) == [0, 1] and all(whole > 0 for _, _, whole in held.values())
+
+
+@pytest.mark.slow
+def test_fsdp2_builds_the_dit_on_rank_0_alone_and_broadcasts_it_into_the_shards(tmp_path, monkeypatch):
+    """Under FSDP2 only rank 0 builds the DiT whole (seeded, net_weights, LoRA), rank 1 on the meta device; after
+    sharding, rank 0's tensors fill both ranks' shards: the run starts (one step at lr 0) from the plain build."""
+    monkeypatch.chdir(ROOT)
+    file = wan_layout_weights(tmp_path / "wan.safetensors")
+    run = ["--model.trainable=lora", f"--model.net_weights={tmp_path / 'wan.safetensors'}"]
+    ckpt, log = fit_two_processes(tmp_path, "-c", "configs/trainer/fsdp2_cpu.yaml", "--model.optimizer.init_args.lr=0",
+                                  *run, steps=1)
+    assert "FSDP2: rank 0 built the DiT whole" in log and "FSDP2: rank 1 built the DiT on the meta device" in log
+    from ultragen.lit.cli import UltraGenCLI
+
+    plain = UltraGenCLI(args=["-c", "configs/debug/tiny.yaml", "-c", "configs/debug/tiny_ultragen.yaml", *run],
+                        run=False).model.net.state_dict()
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert_equal_states({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, plain)

@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
+from ultragen.checkpoints import load_dit_weights
 from ultragen.codecs.base import VideoCodec
 from ultragen.diffusion import EulerSampler, FlowMatching
 from ultragen.data.prompts import fit_image
@@ -28,10 +29,13 @@ from ultragen.lit.recipe import (
     DEFAULT_LORA_TARGETS,
     checkpoint_blocks,
     checkpoint_interval,
+    fill_from_rank0,
+    run_with_rank0_errors,
     select_trainable,
     shard_blocks,
 )
 from ultragen.lit.resume import batch_generator, rng_states, set_rng_states
+from ultragen.lit.zero3 import is_partitioned, load_partitioned, outside_zero_init, partition_summary
 from ultragen.models.attention import VideoGrid
 from ultragen.models.wan import WanDiT
 from ultragen.parallel.sequence import check_sequence_parallel, sequence_parallel
@@ -76,7 +80,11 @@ class SamplingConfig:
 
 
 class VideoDiffusionModule(L.LightningModule):
-    """Flow-matching fine-tuning of a WanDiT; `net` is built here with in_dim/text_dim from codec/text encoder.
+    """Flow-matching fine-tuning of a WanDiT; `net` builds it with in_dim/text_dim from codec/text encoder.
+
+    The DiT is built on first use (`self.net`): under a Trainer in `configure_model`, inside the strategy's sharding
+    context, so DeepSpeed ZeRO-3 partitions it while it is built and loads `net_weights` into it module by module;
+    its seeded initial weights are the same under every strategy (`build_net`).
 
     `net_weights` initialises the DiT from a Wan2.1 / diffusers / UltraGen-release / Lightning file before training
     (`net_weights_strict: false` accepts a partial load, reported in the log).
@@ -114,11 +122,14 @@ class VideoDiffusionModule(L.LightningModule):
         self.save_hyperparameters(ignore=["codec", "text_encoder", "net_weights"])
         self.codec = codec.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.net = net(codec.latent_channels, text_encoder.dim)
-        if net_weights is not None:
-            from ultragen.checkpoints import load_dit_weights
-
-            load_dit_weights(self.net, net_weights, format=net_weights_format, strict=net_weights_strict)
+        # The DiT is built later (`net`): its random initialisation draws from the global RNG state of this moment,
+        # so it starts from the same weights whenever, wherever and under whichever strategy it is built.
+        self.net_factory, self.net_rng = net, torch.get_rng_state()
+        self.initialised_from, self.net_weights_format, self.net_weights_strict = (
+            net_weights, net_weights_format, net_weights_strict)
+        self.trainable_args = (trainable, lora_rank, lora_alpha, lora_targets or list(DEFAULT_LORA_TARGETS))
+        blueprint = self.blueprint()  # a config that cannot be built fails here, while the CLI instantiates
+        self.net_patch_size = blueprint.patch_size
         self.flow = FlowMatching(shift=flow_shift, loss_weighting=loss_weighting, prediction=prediction)
         self.sampling = sampling or SamplingConfig()
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -127,33 +138,76 @@ class VideoDiffusionModule(L.LightningModule):
         self.text_dropout = text_dropout
         if not 0.0 <= first_frame_condition <= 1.0:
             raise ValueError(f"first_frame_condition={first_frame_condition} must be a probability in [0, 1]")
-        if first_frame_condition > 0 and self.net.patch_size[0] != 1:
+        if first_frame_condition > 0 and self.net_patch_size[0] != 1:
             raise ValueError(
                 f"first_frame_condition needs a temporal patch of 1 (one latent frame per token), the DiT has "
-                f"patch_size={list(self.net.patch_size)}; set model.first_frame_condition: 0"
+                f"patch_size={list(self.net_patch_size)}; set model.first_frame_condition: 0"
             )
         self.first_frame_condition = first_frame_condition
         self.noise_seed = torch.initial_seed()  # `seed_everything`'s seed; the checkpoint keeps it for the resume
         if text_cache_size < 0:
             raise ValueError(f"text_cache_size={text_cache_size} must be >= 0 (0 disables the cache)")
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
-        self._select_trainable(trainable, lora_rank, lora_alpha, lora_targets or list(DEFAULT_LORA_TARGETS))
         self.checkpoint_every = checkpoint_interval(activation_checkpointing)
-        self.exclude_frozen_parameters, self.initialised_from = exclude_frozen_parameters, net_weights
-        check_sequence_parallel(self.net, sp_degree)
+        self.exclude_frozen_parameters = exclude_frozen_parameters
+        check_sequence_parallel(blueprint, sp_degree)
         self.sp_degree, self.sequence = sp_degree, None
         self._batch_start = 0.0
 
-    # ------------------------------------------------------------------ setup
-    def _select_trainable(self, trainable: str, rank: int, alpha: float | None, targets: list[str]) -> None:
-        """`ultragen.lit.recipe.select_trainable`, logged; raises if nothing is left to train."""
-        self.net = select_trainable(self.net, trainable, rank, alpha, targets)
-        n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
-        if n_train == 0:
-            raise ValueError(f"trainable={trainable!r} leaves no trainable parameter in this network")
-        log.info("trainable=%s: %.2fM of %.2fM DiT parameters", trainable, n_train / 1e6,
-                 sum(p.numel() for p in self.net.parameters()) / 1e6)
+    # -------------------------------------------------------------- the DiT
+    @property
+    def net(self) -> WanDiT:
+        """The DiT, built on first use: by the Trainer in `configure_model`, inside the strategy's sharding context
+        (DeepSpeed ZeRO-3 partitions it while it is built), or on first access outside a Trainer
+        (`load_from_checkpoint` calls `configure_model` too)."""
+        if "net" not in self._modules:
+            try:
+                self.build_net()
+            except AttributeError as exn:  # would surface as "no attribute 'net'" through nn.Module.__getattr__
+                raise RuntimeError(f"building the DiT failed: {exn}") from exn
+        return self._modules["net"]
 
+    def blueprint(self) -> WanDiT:
+        """The DiT on the meta device with the trainable selection: no memory, no random draws; it checks the
+        configuration and tells the patch size and parameter counts before the network exists."""
+        with torch.device("meta"):
+            blueprint = self.net_factory(self.codec.latent_channels, self.text_encoder.dim)
+            select_trainable(blueprint, *self.trainable_args)
+        n_train = sum(p.numel() for p in blueprint.parameters() if p.requires_grad)
+        if n_train == 0:
+            raise ValueError(f"trainable={self.trainable_args[0]!r} leaves no trainable parameter in this network")
+        log.info("trainable=%s: %.2fM of %.2fM DiT parameters", self.trainable_args[0], n_train / 1e6,
+                 sum(p.numel() for p in blueprint.parameters()) / 1e6)
+        return blueprint
+
+    def build_net(self, on_meta: bool = False) -> None:
+        """The DiT from `net` with the RNG state of `__init__`, then `net_weights`, then the trainable selection
+        (peft LoRA), as `self.net`. On the CPU in float32 as the network's own code builds it (Lightning moves and
+        converts it later), so its seeded weights do not depend on the strategy, device or precision; under
+        DeepSpeed ZeRO-3's `zero.Init` partitioned as it is built, loaded module by module, with the adapters
+        added outside `zero.Init`. `on_meta`: without weights (FSDP2 ranks that receive rank 0's)."""
+        default_dtype = torch.get_default_dtype()
+        with torch.random.fork_rng(devices=[]), torch.device("meta" if on_meta else "cpu"):
+            torch.set_rng_state(self.net_rng)
+            torch.set_default_dtype(torch.float32)
+            try:
+                net = self.net_factory(self.codec.latent_channels, self.text_encoder.dim)
+                partitioned = is_partitioned(net)
+                if self.initialised_from is not None and not on_meta:
+                    load = load_partitioned if partitioned else load_dit_weights
+                    load(net, self.initialised_from, format=self.net_weights_format, strict=self.net_weights_strict)
+                with outside_zero_init() if partitioned else contextlib.nullcontext():
+                    net = select_trainable(net, *self.trainable_args)
+            finally:
+                torch.set_default_dtype(default_dtype)
+        if partitioned:
+            log.info("ZeRO-3: %s", partition_summary(net))
+        elif self._trainer is not None and getattr(self.trainer.strategy, "zero_stage_3", False):
+            log.warning("ZeRO-3: the DiT was built outside deepspeed.zero.Init (before configure_model, or by a "
+                        "callback such as EMA weight averaging): every rank holds it whole until DeepSpeed starts")
+        self.net = net
+
+    # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         """Token budgets of the data must count tokens the way this codec and DiT make them. DeepSpeed saves its
         own checkpoints, so `exclude_frozen_parameters` is handed to it."""
@@ -164,7 +218,7 @@ class VideoDiffusionModule(L.LightningModule):
         budget = getattr(self.trainer.datamodule, "budget", None) if self._trainer is not None else None
         if budget is None:
             return
-        ours = (self.codec.temporal_factor, self.codec.spatial_factor, self.net.patch_size)
+        ours = (self.codec.temporal_factor, self.codec.spatial_factor, self.net_patch_size)
         theirs = (budget.temporal_factor, budget.spatial_factor, tuple(budget.patch))
         if ours != theirs:
             raise ValueError(
@@ -173,23 +227,48 @@ class VideoDiffusionModule(L.LightningModule):
             )
 
     def configure_model(self) -> None:
-        """Sequence parallelism and activation checkpointing of DiT blocks, then FSDP2 sharding under Lightning's
-        `ModelParallelStrategy` (all kept out of the model code)."""
+        """Builds the DiT (`build_net`; the Trainer calls this inside the strategy's sharding context), then sequence
+        parallelism and activation checkpointing of DiT blocks, then FSDP2 sharding under Lightning's
+        `ModelParallelStrategy` (all kept out of the model code). Idempotent.
+
+        Under FSDP2 rank 0 alone builds the DiT whole (seeded, `net_weights`, adapters); the other ranks build it on
+        the meta device, and after `fully_shard` rank 0's tensors are broadcast into every rank's shards
+        (`fill_from_rank0`), so one process per node, not each, holds the whole network on the host.
+        """
+        fsdp2 = self._device_mesh is not None and not getattr(self, "_sharded", False)
+        if fsdp2 and self._device_mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"ModelParallelStrategy tensor_parallel_size={self._device_mesh['tensor_parallel'].size()}: the DiT is "
+                "sharded with FSDP2 only; set trainer.strategy.init_args.data_parallel_size to the world size and "
+                "tensor_parallel_size: 1"
+            )
+        full_state, from_rank0 = None, False
+        if "net" not in self._modules:
+            strategy = self._trainer.strategy if self._trainer is not None else None
+            if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+                if not strategy.config.get("zero_optimization", {}).get("override_module_apply", True):
+                    raise ValueError(
+                        "DeepSpeed ZeRO-3 with zero_optimization.override_module_apply: false cannot initialise the "
+                        "DiT while zero.Init partitions it (its weights are set through Module.apply); remove it"
+                    )
+            if fsdp2:
+                on_meta = torch.distributed.get_rank() != 0
+                run_with_rank0_errors(partial(self.build_net, on_meta=on_meta))
+                full_state, from_rank0 = None if on_meta else self.net.state_dict(), True
+                log.info("FSDP2: rank %d built the DiT %s", torch.distributed.get_rank(),
+                         "on the meta device" if on_meta else "whole, for every rank's shards")
+            else:
+                self.build_net()
         if self.sp_degree > 1 and self.sequence is None:
             self.sequence = sequence_parallel(self.net, self.sp_degree)
         if self.checkpoint_every and not getattr(self, "_checkpointed", False):
             checkpoint_blocks(self.net, self.checkpoint_every)
             self._checkpointed = True
-        if self._device_mesh is not None and not getattr(self, "_sharded", False):
-            tensor_parallel = self._device_mesh["tensor_parallel"].size()
-            if tensor_parallel > 1:
-                raise ValueError(
-                    f"ModelParallelStrategy tensor_parallel_size={tensor_parallel}: the DiT is sharded with FSDP2 "
-                    "only; set trainer.strategy.init_args.data_parallel_size to the world size and "
-                    "tensor_parallel_size: 1"
-                )
+        if fsdp2:
             n = shard_blocks(self.net, self._device_mesh["data_parallel"])
             log.info("FSDP2: %d DiT blocks sharded over %d ranks", n, self._device_mesh["data_parallel"].size())
+            if from_rank0:
+                fill_from_rank0(self.net, full_state)
             self._sharded = True
 
     def configure_optimizers(self):

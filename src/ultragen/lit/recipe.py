@@ -4,10 +4,10 @@ import Lightning): the trainable selection, the activation-checkpointing schedul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ultragen.models.blocks import DiTBlock
@@ -79,3 +79,36 @@ def shard_blocks(net: nn.Module, mesh) -> int:
         fully_shard(block, mesh=mesh)
     fully_shard(net, mesh=mesh)
     return len(blocks)
+
+
+def run_with_rank0_errors(build: Callable[[], None]) -> None:
+    """`build()` on every rank; an exception on rank 0 (where the files are read) is raised on every rank, rather than
+    leaving the others waiting for it at the next collective."""
+    import torch.distributed as dist
+
+    error = None
+    try:
+        build()
+    except Exception as exn:
+        error = exn
+    outcome = [error if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(outcome, src=0)
+    if error is not None:
+        raise error
+    if outcome[0] is not None:
+        raise RuntimeError(f"rank 0 failed to build the DiT: {outcome[0]}") from outcome[0]
+
+
+def fill_from_rank0(net: nn.Module, full_state: dict[str, Tensor] | None) -> None:
+    """After `shard_blocks` of a network that rank 0 built whole (`full_state`: its state dict before sharding) and
+    the other ranks on the meta device (None): those allocate their shards, and rank 0's tensors are broadcast into
+    every rank's shards one by one, so only rank 0 ever holds the whole network."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if full_state is None:
+        net.to_empty(device="cpu")
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(net, full_state or {}, options=options)
+    for buffer in net.buffers():  # not sharded; non-persistent ones are not in the state dict
+        dist.broadcast(buffer, src=0)

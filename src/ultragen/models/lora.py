@@ -8,6 +8,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from ultragen.models.init import init_leaf
+
 LoRAInit = Literal["zero", "kaiming"]
 LORA_TARGETS = ("q", "k", "v", "o")
 
@@ -42,13 +44,17 @@ class LoRA(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """A: kaiming-uniform(a=√5) (nn.Linear's default); B: zero or kaiming; biases zero."""
-        for layer in (self.lora_A, self.lora_B):
+        """A: kaiming-uniform(a=√5) (nn.Linear's default); B: zero or kaiming; biases zero (through `init_leaf`)."""
+
+        def init(layer: nn.Linear) -> None:
             nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
-        if self.init_b == "zero":
-            nn.init.zeros_(self.lora_B.weight)
+            if layer is self.lora_B and self.init_b == "zero":
+                nn.init.zeros_(layer.weight)
+
+        init_leaf(self.lora_A, init)
+        init_leaf(self.lora_B, init)
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., dim_in) -> (..., dim_out)."""

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ultragen.models.attention import AttentionBackend, AttentionContext, AttentionStrategy, FullAttention, VideoGrid
 from ultragen.models.attention.base import resolve_layers
 from ultragen.models.blocks import DiTBlock
+from ultragen.models.init import init_leaf
 from ultragen.models.rope import RotaryTables
 
 # (dim, num_heads, layer_idx, freq_dim, backend) -> strategy; YAML gives the rest of its arguments by keyword
@@ -63,6 +64,13 @@ def masked_mean(context: Tensor) -> Tensor:
     """(B, L, D) text states -> (B, D) mean over the tokens that are not padding (all-zero rows)."""
     valid = context.abs().amax(-1, keepdim=True) > 0  # (B, L, 1)
     return (context * valid).sum(1) / valid.sum(1).clamp_min(1)
+
+
+def xavier_linear(m: nn.Linear | nn.Conv3d) -> None:
+    """Xavier-uniform weight over (out, in·kernel), zero bias."""
+    nn.init.xavier_uniform_(m.weight.flatten(1))
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 class Head(nn.Module):
@@ -164,21 +172,19 @@ class WanDiT(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Wan2.1 initialisation; strategy modules keep their own initialisation."""
+        """Wan2.1 initialisation; strategy modules keep their own initialisation. Each step sets one module's own
+        tensors through `init_leaf`, so a partitioned build initialises them identically."""
         strategies = {id(m) for b in self.blocks for m in b.self_attn.strategy.modules()}
         for m in self.modules():
             if isinstance(m, nn.Linear) and id(m) not in strategies:
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
-        nn.init.zeros_(self.patch_embedding.bias)
+                init_leaf(m, xavier_linear)
+        init_leaf(self.patch_embedding, xavier_linear)
         for m in (*self.text_embedding.modules(), *self.time_embedding.modules()):
             if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
+                init_leaf(m, lambda m: nn.init.normal_(m.weight, std=0.02))
         if self.pooled_text_embedding is not None:  # starts as the network without it (Wan weights behave unchanged)
-            nn.init.zeros_(self.pooled_text_embedding[-1].weight)
-        nn.init.zeros_(self.head.head.weight)
+            init_leaf(self.pooled_text_embedding[-1], lambda m: nn.init.zeros_(m.weight))
+        init_leaf(self.head.head, lambda m: nn.init.zeros_(m.weight))
 
     def token_grid(self, frames: int, height: int, width: int) -> VideoGrid:
         """Token grid of a latent of size (frames, height, width); raises if not divisible by the patch."""

@@ -7,7 +7,6 @@ depthwise Conv3d 3×3×3 (init `identity` or the release's 1/27 `box`).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,9 +29,9 @@ from ultragen.models.attention.options import (
     check_choice,
 )
 from ultragen.models.attention.window import plane_rotary
+from ultragen.models.init import init_leaf
 from ultragen.models.lora import DomainLoRA
 from ultragen.models.rope import apply_rope
-
 
 #################################################################################
 #                               Depthwise convolutions                          #
@@ -105,8 +104,12 @@ class DepthwiseConv3d(nn.Conv3d):
 def down_conv(dim: int, factor: int) -> nn.Conv2d:
     """Depthwise Conv2d k×k stride k, weights 1/k² (average pooling), bias 0."""
     conv = nn.Conv2d(dim, dim, factor, stride=factor, groups=dim)
-    nn.init.constant_(conv.weight, 1.0 / factor**2)
-    nn.init.zeros_(conv.bias)
+
+    def average(m: nn.Conv2d) -> None:
+        nn.init.constant_(m.weight, 1.0 / factor**2)
+        nn.init.zeros_(m.bias)
+
+    init_leaf(conv, average)
     return conv
 
 

@@ -19,6 +19,7 @@ from ultragen.models.attention.global_compressed import GlobalCompressedAttentio
 from ultragen.models.attention.hierarchical import HierarchicalAttention
 from ultragen.models.attention.options import CompressionOptions, LoRAOptions, Padding, WindowOptions, check_choice
 from ultragen.models.attention.window import LocalWindowAttention
+from ultragen.models.init import init_leaf, zero_linear
 
 GateWeights = Literal["global", "local"]
 
@@ -34,8 +35,7 @@ class TimeGate(nn.Module):
         self.freq_dim = freq_dim
         self.embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim), nn.Sigmoid())
-        nn.init.zeros_(self.projection[1].weight)
-        nn.init.zeros_(self.projection[1].bias)
+        init_leaf(self.projection[1], zero_linear)
 
     def forward(self, timestep_freq: Tensor) -> Tensor:
         """(B, freq_dim) sinusoidal timestep features -> (B, 1, C) gate values in (0, 1)."""

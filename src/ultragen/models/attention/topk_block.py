@@ -29,8 +29,8 @@ from ultragen.models.attention.base import (
     check_flex_block,
 )
 from ultragen.models.attention.options import Padding, block_entry, block_fit, counts_text, cycle, layer_schedule
+from ultragen.models.init import init_leaf, zero_linear
 from ultragen.models.rope import apply_rope
-
 
 #################################################################################
 #                                Options and fit                                #
@@ -156,8 +156,7 @@ class TopKBlockAttention(AttentionStrategy):
         self.padding = (padding or Padding()).without_resizing("cubes")
         self.gate = nn.Linear(dim, dim) if coarse_gate else None
         if self.gate is not None:
-            nn.init.zeros_(self.gate.weight)
-            nn.init.zeros_(self.gate.bias)
+            init_leaf(self.gate, zero_linear)
 
     @property
     def cube(self) -> tuple[int, int, int]:
