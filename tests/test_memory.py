@@ -267,6 +267,8 @@ def test_sp_keeps_the_gathered_global_plane_whole():
         (["--activation-checkpointing", "often"], "activation_checkpointing='often'"),
         (["--precision", "16-mixed"], "invalid choice"),
         (["-c", "configs/experiments/ultragen_1080p.yaml"], "full_attention_layers [2, -3] out of range"),
+        (["-c", "configs/model/tiny.yaml", "-c", "configs/experiments/sliding_tile.yaml"],
+         "no activation model for SlidingTileAttention yet"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(monkeypatch, capsys, args, message):

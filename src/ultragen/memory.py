@@ -237,7 +237,10 @@ def attention_saved(strategy: AttentionStrategy, grid: VideoGrid, sp: int = 1) -
     if isinstance(strategy, GlobalCompressedAttention):
         saved, keeps_input = compressed_saved(strategy, grid, sp, scaled=False)
         return saved + Saved(act=n * d * (1 + keeps_input))  # + the decompressed output, W_o's input
-    raise TypeError(f"no activation model for {type(strategy).__name__}; add it to ultragen.memory.attention_saved")
+    raise ValueError(
+        f"ultragen memory has no activation model for {type(strategy).__name__} yet (weights, gradients and optimizer "
+        "states are exact for it); estimate with a modelled strategy or add one to ultragen.memory.attention_saved"
+    )
 
 
 def block_saved(strategy: AttentionStrategy, ffn_dim: int, text_len: int, grid: VideoGrid, sp: int = 1) -> Saved:
