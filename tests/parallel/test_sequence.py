@@ -69,6 +69,7 @@ def test_strategy_without_split_forward_is_named():
                  attention=partial(MultiScaleWindowAttention, windows=WindowOptions(counts=[[1, 2, 2]])))
     with pytest.raises(ValueError, match="no split forward for MultiScaleWindowAttention"):
         check_sequence_parallel(net, 2)
+    check_sequence_parallel(net, 1)  # without sequence parallelism every strategy is fine
 
 
 def test_resampled_local_windows_are_refused():
@@ -129,3 +130,13 @@ def test_fit_with_sp_degree_2_under_zero2_follows_the_one_process_loss_curve(tmp
     assert sorted(one) == sorted(split) == [0, 1, 2, 3]
     for step in one:  # measured: within 2e-7; without the sp_degree loss scale, step 2 is off by 1.3e-4
         assert split[step] == pytest.approx(one[step], rel=1e-5), step
+
+
+def test_a_run_without_sequence_parallelism_takes_strategies_without_a_split_forward(monkeypatch):
+    from ultragen.lit.cli import UltraGenCLI
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["ultragen"])
+    configs = ["configs/debug/tiny.yaml", "configs/model/tiny.yaml", "configs/experiments/sliding_tile.yaml"]
+    module = UltraGenCLI(args=[a for c in configs for a in ("-c", c)], run=False).model
+    assert module.sp_degree == 1 and type(module.net.blocks[4].self_attn.strategy).__name__ == "SlidingTileAttention"

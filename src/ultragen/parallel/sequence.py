@@ -325,8 +325,9 @@ def check_sequence_parallel(net: WanDiT, sp_degree: int) -> None:
             f"sp_degree={sp_degree} does not divide num_heads={net.num_heads}: each rank attends with whole heads; "
             f"choose sp_degree from {divisors}"
         )
-    for block in net.blocks:
-        split_forward(block.self_attn.strategy, None)  # raises for strategies without a split forward
+    if sp_degree > 1:
+        for block in net.blocks:
+            split_forward(block.self_attn.strategy, None)  # raises for strategies without a split forward
 
 
 def sequence_parallel(net: WanDiT, sp_degree: int) -> SequenceShards:
