@@ -51,7 +51,7 @@ def instantiate(value: Namespace, kind: type) -> Callable:
     """The callable a `class_path`/`init_args` entry of type `kind` (e.g. `StrategyFactory`) becomes in `fit`."""
     parser = ArgumentParser()
     parser.add_argument("--value", type=kind)
-    return parser.instantiate_classes(parser.parse_object({"value": value.as_dict()})).value
+    return parser.instantiate(parser.parse_object({"value": value.as_dict()})).value
 
 
 def build_network(
