@@ -1,12 +1,13 @@
 # `make demo`: venv + install + demo data + tiny CPU fit + sampled mp4 + TensorBoard logs.
-# `make test`: venv + install + the test suite (what .ci/run calls).
+# `make test`: venv + install + the test suite without the multi-process `slow` tests (about 4 minutes on 2 cores);
+# `make test-slow`: those (2-process ZeRO / FSDP2 / sequence-parallel runs, kill-and-resume). .ci/run runs both.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ULTRAGEN := $(VENV)/bin/ultragen
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
-.PHONY: install test test-fast demo demo-strip ablation clean
+.PHONY: install test test-slow demo demo-strip ablation clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,10 +18,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q
-
-test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 demo: install
 	$(ULTRAGEN) data demo
