@@ -172,7 +172,7 @@ def local_saved(strategy: LocalWindowAttention, grid: VideoGrid, sp: int) -> tup
     keeps the block's modulated input itself.
 
     Windows gathered out of token order (or resized) are copies kept by q/k/v; so is the output scattered back
-    (kept by the next op). Windows are whole on each sequence-parallel rank.
+    (kept by the next op). Under sequence parallelism each rank attends all windows with 1/sp of the heads.
     """
     d, fit = strategy.dim, strategy.fit(grid)
     moved = fit.resamples or not window_layout(fit, (1, *strategy.window_grid), False, strategy.shifted).identity
@@ -188,7 +188,8 @@ def compressed_saved(
     block's modulated input itself (no padding copy).
 
     `scaled` (inside UltraGenAttention): the gate weight multiplies the plane, which keeps it. The global branch
-    (not hierarchical) keeps its whole compressed plane on every sequence-parallel rank.
+    (not hierarchical) keeps its whole compressed plane on every sequence-parallel rank; the hierarchical one is
+    counted split over the ranks, although `ultragen.parallel.sequence` gathers its plane too (an underestimate).
     """
     d, k = strategy.dim, strategy.factor
     if isinstance(strategy, HierarchicalAttention):
