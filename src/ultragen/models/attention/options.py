@@ -58,7 +58,7 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
 def layer_schedule(name: str, entries: Sequence, check: Callable[[object], object] = lambda entry: entry) -> tuple:
     """A per-layer list as a tuple of `check`ed entries (layer i uses entry i mod len); raises if empty."""
     if not entries:
-        raise ValueError(f"{name} is empty; give at least one entry per layer cycle, e.g. [[4, 4]]")
+        raise ValueError(f"{name} is empty; give one entry or more (layer i uses entry i mod their number)")
     return tuple(check(entry) for entry in entries)
 
 
