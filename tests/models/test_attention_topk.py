@@ -11,7 +11,8 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import ultragen.models.attention.base as attention_base
 from ultragen.models.attention import AttentionContext, FullAttention, Padding, VideoGrid
-from ultragen.models.attention.topk_block import TopKBlockAttention, cube_block_mask, cube_means
+from ultragen.models.attention.sliding_tile import block_mask_from_blocks
+from ultragen.models.attention.topk_block import TopKBlockAttention, cube_means
 from ultragen.models.blocks import SelfAttention
 from ultragen.models.rope import RotaryTables, apply_rope
 from ultragen.models.wan import sinusoidal_embedding
@@ -266,7 +267,7 @@ def test_block_mask_is_create_block_masks_without_the_dense_mask():
     b, h, m, k, vol = 2, 2, 12, 4, 16
     selected = torch.stack([torch.randperm(m)[:k] for _ in range(b * h * m)]).view(b, h, m, k)
     allowed = torch.zeros(b, h, m, m, dtype=torch.bool).scatter_(-1, selected, True)
-    mask = cube_block_mask(selected, vol)
+    mask = block_mask_from_blocks(allowed, vol)
     expected = create_block_mask(lambda bi, hi, qi, ki: allowed[bi, hi, qi // vol, ki // vol], b, h, m * vol,
                                  m * vol, device="cpu", BLOCK_SIZE=vol)
     assert torch.equal(mask.to_dense(), expected.to_dense())

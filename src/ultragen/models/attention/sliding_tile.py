@@ -38,7 +38,8 @@ class TileLayout:
     `work` is `grid` padded to whole tiles (`block_fit`); padding repeats its last frame, row and column:
     a padded token is a copy of the nearest edge token (as query its output is dropped; as key and value it counts
     like any other token). `order[j]`: grid token of the j-th tile-major token; `inverse[i]`: position in `order` of
-    grid token i; `counts`: tiles per axis; `tiles`: their number; `volume`: tokens per tile.
+    grid token i; `tile_of[i]`: tile of grid token i; `counts`: tiles per axis; `tiles`: their number; `volume`:
+    tokens per tile.
     """
 
     def __init__(self, grid: VideoGrid, work: VideoGrid, tile: tuple[int, int, int], device: str):
@@ -56,6 +57,7 @@ class TileLayout:
         self.identity = bool(work == grid and torch.equal(order, torch.arange(grid.numel)))
         self.order = order.to(device)
         self.inverse = inverse.to(device)
+        self.tile_of = (inverse // self.volume).to(device)
 
     def gather(self, x: Tensor) -> Tensor:
         """(B, N, ...) in grid order -> (B, N_work, ...) tile-major."""
