@@ -293,16 +293,17 @@ def ultragen_forward(
     )
 
 
-def split_forward(strategy: nn.Module, shards: SequenceShards | None) -> Callable[..., Tensor]:
-    """The forward of `strategy` over a split sequence; raises for strategies without one."""
+def split_forward(strategy: nn.Module) -> Callable[..., Tensor]:
+    """The function (strategy, shards, attn, x, ctx) -> out that runs `strategy` over a split sequence; raises for
+    strategies without one."""
     if isinstance(strategy, UltraGenAttention):
-        return partial(ultragen_forward, strategy, shards)
+        return ultragen_forward
     if isinstance(strategy, GlobalCompressedAttention):  # hierarchical included
-        return partial(compressed_forward, strategy, shards)
+        return compressed_forward
     if isinstance(strategy, LocalWindowAttention):  # Swin included
-        return partial(windows_forward, strategy, shards)
+        return windows_forward
     if type(strategy) is FullAttention:
-        return partial(full_forward, strategy, shards)
+        return full_forward
     raise ValueError(
         f"sequence parallelism has no split forward for {type(strategy).__name__}; it supports "
         f"{[c.__name__ for c in SUPPORTED]} (and their subclasses SwinAttention, HierarchicalAttention): "
@@ -327,7 +328,7 @@ def check_sequence_parallel(net: WanDiT, sp_degree: int) -> None:
         )
     if sp_degree > 1:
         for block in net.blocks:
-            split_forward(block.self_attn.strategy, None)  # raises for strategies without a split forward
+            split_forward(block.self_attn.strategy)  # raises for strategies without a split forward
 
 
 def sequence_parallel(net: WanDiT, sp_degree: int) -> SequenceShards:
@@ -384,6 +385,6 @@ def apply_sequence_parallel(net: WanDiT, group: dist.ProcessGroup) -> SequenceSh
 
     for block in net.blocks:
         strategy = block.self_attn.strategy
-        strategy.forward = dispatch(split_forward(strategy, shards), strategy.forward)
+        strategy.forward = dispatch(partial(split_forward(strategy), strategy, shards), strategy.forward)
     log.info("sequence parallel: %d ranks per clip, %d heads each", shards.size, net.num_heads // shards.size)
     return shards
